@@ -1,0 +1,64 @@
+"""nox sessions; `./dev` is the short way in, these are the named jobs.
+
+Every session installs the project with its extras into nox's own venv;
+system packages come from `./dev setup` (apt), which CI runs first.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+PY = "3.11"
+
+
+def _install(session: nox.Session) -> None:
+    session.install("-e", ".[sim,vm,dev]")
+
+
+@nox.session(python=PY)
+def lint(session: nox.Session) -> None:
+    _install(session)
+    session.run("ruff", "check", "src", "simulator", "tests", "tools", "noxfile.py")
+    os.makedirs("build/typecheck", exist_ok=True)
+    for name, folder in (("guestagent", "src"), ("guestsim", "simulator")):
+        link = f"build/typecheck/{name}"
+        if not os.path.islink(link):
+            os.symlink(os.path.abspath(folder), link)
+    session.run("mypy", "-p", "guestagent", "-p", "guestsim", env={"MYPYPATH": "build/typecheck"})
+
+
+@nox.session(python=PY)
+def tests(session: nox.Session) -> None:
+    """Unit, integration and simulator tests (the fast part of ./dev test)."""
+    _install(session)
+    session.run("pytest", "-n", "2", "tests/unit", "tests/integration", "tests/sim", *session.posargs)
+
+
+@nox.session(python=PY)
+def demo(session: nox.Session) -> None:
+    _install(session)
+    session.run("python", "tools/demo.py", *session.posargs)
+
+
+@nox.session(python=PY)
+def bench(session: nox.Session) -> None:
+    """Provisioning time, reaction time and memory, ours beside Google's agent."""
+    _install(session)
+    session.run("python", "tools/bench.py", *session.posargs)
+
+
+@nox.session(python=PY)
+def fidelity(session: nox.Session) -> None:
+    """Real peers (Debian's google-guest-agent, cloud-init) chrooted against the simulator.
+
+    Needs root, iproute2, socat, util-linux and mmdebstrap (`./dev setup`); the first run
+    builds a Debian rootfs (~1 min) into ~/.cache/guestagent/chroots, later runs reuse it.
+    Serial on purpose: every module makes its own network namespaces and chroot, and the
+    2-core machines gain nothing from running two Go agents at once.
+    """
+    _install(session)
+    session.run("pytest", "-m", "fidelity", "tests/fidelity", *session.posargs)

@@ -1,0 +1,1 @@
+"""guestagent: a guest agent for Linux VMs."""

@@ -1,0 +1,3 @@
+from guestagent.entrypoints.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,223 @@
+"""instance_configs.cfg: typed options, built-in defaults and layering.
+
+Precedence, lowest to highest (each later layer overrides single options of
+the earlier ones, never whole sections):
+
+1. built-in defaults (this module)
+2. ``instance_configs.cfg.distro``   - what an image builder ships
+3. ``instance_configs.cfg.template`` - the old Python agent's user file
+4. ``instance_configs.cfg``          - the user's file (Go agent's documented place)
+
+Both user files beat the distro file, so a package update that changes
+.distro never overrides a setting a user made. The agent only reads these
+files; it never writes merged values back (the old agent did, and users
+lost track of which file held their setting).
+"""
+
+from __future__ import annotations
+
+import configparser
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from guestagent.domain.values import parse_bool
+
+LAYER_SUFFIXES = (".distro", ".template", "")
+DEFAULT_CONFIG_PATH = "/etc/default/instance_configs.cfg"
+
+
+def _opt(default: Any, doc: str) -> Any:
+    return attrs.field(default=default, metadata={"doc": doc})
+
+
+@attrs.frozen
+class Accounts:
+    deprovision_remove: bool = _opt(
+        False, "true deletes a user (userdel -r) when it leaves metadata; false keeps account and home"
+    )
+    groups: tuple[str, ...] = _opt(
+        ("adm", "dip", "docker", "lxd", "plugdev", "video"),
+        "comma-separated groups for new users (missing groups are skipped)",
+    )
+    useradd_cmd: str = _opt("useradd -m -s /bin/bash -p * {user}", "command to create a user")
+    userdel_cmd: str = _opt("userdel -r {user}", "command to delete a user")
+    usermod_cmd: str = _opt("usermod -G {groups} {user}", "command to set a user's groups")
+    gpasswd_add_cmd: str = _opt("gpasswd -a {user} {group}", "command to add a user to a group")
+    gpasswd_remove_cmd: str = _opt("gpasswd -d {user} {group}", "command to remove a user from a group")
+    groupadd_cmd: str = _opt("groupadd {group}", "command to create a group")
+    allowed_system_users: tuple[str, ...] = _opt(
+        (), "system accounts (UID below UID_MIN, e.g. root) metadata may manage anyway"
+    )
+
+
+@attrs.frozen
+class Daemons:
+    accounts_daemon: bool = _opt(True, "false disables accounts and SSH keys")
+    clock_skew_daemon: bool = _opt(True, "false disables clock resync on drift-token change")
+    network_daemon: bool = _opt(True, "false disables NIC setup and forwarded-IP routes")
+    ip_forwarding_daemon: bool = _opt(True, "deprecated: false skips forwarded-IP routes")
+
+
+@attrs.frozen
+class Instance:
+    instance_id: str = _opt(
+        "", "instance id recorded by the old Python agent; read when /etc/google_instance_id is absent"
+    )
+
+
+@attrs.frozen
+class InstanceSetup:
+    host_key_types: tuple[str, ...] = _opt(
+        ("ecdsa", "ed25519", "rsa"), "SSH host key types generated on first boot"
+    )
+    optimize_local_ssd: bool = _opt(True, "false skips local SSD tuning")
+    network_enabled: bool = _opt(True, "false skips setup that needs metadata (host keys, boto config)")
+    set_boto_config: bool = _opt(True, "false skips writing /etc/boto.cfg")
+    set_host_keys: bool = _opt(True, "false skips generating host keys on first boot")
+    set_multiqueue: bool = _opt(True, "false skips virtio-net multiqueue tuning")
+    set_hostname: bool = _opt(True, "false leaves the hostname alone")
+    hostname_fqdn: bool = _opt(False, "true sets the full metadata hostname; false its first label")
+
+
+@attrs.frozen
+class IpForwarding:
+    ethernet_proto_id: int = _opt(66, "route protocol id marking the agent's routes")
+    ip_aliases: bool = _opt(True, "false skips alias IP routes")
+    target_instance_ips: bool = _opt(True, "false skips target-instance IP routes")
+
+
+@attrs.frozen
+class MetadataScripts:
+    default_shell: str = _opt("/bin/bash", "shell that runs metadata scripts")
+    run_dir: str = _opt("", "directory for script temp dirs; empty means the system temp dir")
+    startup: bool = _opt(True, "false disables startup scripts")
+    shutdown: bool = _opt(True, "false disables shutdown scripts")
+    shutdown_timeout: int = _opt(90, "seconds all shutdown scripts together may run")
+
+
+@attrs.frozen
+class NetworkInterfaces:
+    setup: bool = _opt(True, "false skips network interface setup")
+    ip_forwarding: bool = _opt(True, "false skips forwarded-IP routes")
+    dhcp_command: str = _opt("", "command run to bring up secondary NICs (e.g. dhclient)")
+
+
+@attrs.frozen
+class OSLogin:
+    cert_authentication: bool = _opt(
+        False, "true adds TrustedUserCAKeys for OS Login certificates to sshd_config"
+    )
+
+
+@attrs.frozen
+class Clock:
+    sync_command: str = _opt(
+        "/sbin/hwclock --hctosys -u --noadjfile",
+        "command run when the platform's clock drift token changes",
+    )
+
+
+@attrs.frozen
+class Config:
+    Accounts: Accounts = attrs.field(factory=Accounts)
+    Daemons: Daemons = attrs.field(factory=Daemons)
+    Instance: Instance = attrs.field(factory=Instance)
+    InstanceSetup: InstanceSetup = attrs.field(factory=InstanceSetup)
+    IpForwarding: IpForwarding = attrs.field(factory=IpForwarding)
+    MetadataScripts: MetadataScripts = attrs.field(factory=MetadataScripts)
+    NetworkInterfaces: NetworkInterfaces = attrs.field(factory=NetworkInterfaces)
+    OSLogin: OSLogin = attrs.field(factory=OSLogin)
+    Clock: Clock = attrs.field(factory=Clock)
+
+
+@attrs.frozen
+class ConfigLayer:
+    """One file's text; `name` is used in warnings only."""
+
+    name: str
+    text: str
+
+
+@attrs.frozen
+class OptionDoc:
+    section: str
+    option: str
+    default: str
+    doc: str
+
+
+def _render(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def options() -> list[OptionDoc]:
+    """Every option with its default and meaning, for docs and `guestagent config`."""
+    out = []
+    for section in attrs.fields(Config):
+        cls = section.default.factory  # type: ignore[union-attr]
+        for field in attrs.fields(cls):
+            out.append(OptionDoc(section.name, field.name, _render(field.default), field.metadata["doc"]))
+    return out
+
+
+def _convert(raw: str, default: object) -> object:
+    text = raw.strip()
+    if isinstance(default, bool):
+        value = parse_bool(text)
+        if value is None:
+            raise ValueError(f"expected true or false, got {text!r}")
+        return value
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, tuple):
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    return text
+
+
+def load_config(layers: Sequence[ConfigLayer]) -> tuple[Config, tuple[str, ...]]:
+    """Merge layers (lowest precedence first) over the defaults.
+
+    Returns the config and warnings: unknown sections or options, bad values
+    (the lower layer's value stays) and unreadable files. Nothing is fatal:
+    a typo in one option must not stop the agent from provisioning keys.
+    """
+    warnings: list[str] = []
+    values: dict[str, dict[str, object]] = {
+        s.name: attrs.asdict(getattr(Config(), s.name), recurse=False) for s in attrs.fields(Config)
+    }
+    for layer in layers:
+        parser = configparser.ConfigParser(interpolation=None, strict=False)
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        try:
+            parser.read_string(layer.text, source=layer.name)
+        except configparser.Error as exc:
+            warnings.append(f"{layer.name}: not a valid INI file ({exc.__class__.__name__}); ignored")
+            continue
+        for section in parser.sections():
+            if section not in values:
+                warnings.append(f"{layer.name}: unknown section [{section}]")
+                continue
+            for option, raw in parser.items(section):
+                current = values[section]
+                if option not in current:
+                    warnings.append(f"{layer.name}: unknown option [{section}] {option}")
+                    continue
+                try:
+                    current[option] = _convert(raw, current[option])
+                except ValueError as exc:
+                    warnings.append(f"{layer.name}: [{section}] {option}: {exc}; ignored")
+    sections = {
+        s.name: s.default.factory(**values[s.name])  # type: ignore[union-attr]
+        for s in attrs.fields(Config)
+    }
+    return Config(**sections), tuple(warnings)
+
+
+def layer_paths(main_path: str = DEFAULT_CONFIG_PATH) -> list[str]:
+    """The files that make up the config for `main_path`, lowest precedence first."""
+    return [main_path + suffix for suffix in LAYER_SUFFIXES]

@@ -1,0 +1,76 @@
+"""`USER:KEY` lines as GCE (and our other sources) carry them, into SshKey values."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from guestagent.domain.metadata import Rejection, SshKey
+from guestagent.domain.validation import Invalid, check_username, parse_key_line
+from guestagent.domain.values import parse_expiry
+
+GOOGLE_SSH = "google-ssh"
+
+
+def _expiry(comment: str) -> tuple[bool, str | None]:
+    """(is google-ssh, expireOn text or None) from a key's comment."""
+    if not comment.startswith(GOOGLE_SSH):
+        return False, None
+    payload = comment[len(GOOGLE_SSH) :].strip()
+    try:
+        data = json.loads(payload)
+    except ValueError as exc:
+        raise Invalid("google-ssh comment is not JSON") from exc
+    if not isinstance(data, dict):
+        raise Invalid("google-ssh comment is not a JSON object")
+    expire = data.get("expireOn")
+    if expire is None:
+        return True, None
+    if not isinstance(expire, str):
+        raise Invalid("google-ssh expireOn is not a string")
+    return True, expire
+
+
+def key_for_user(user: str, key_text: str) -> SshKey:
+    """Validate one user's key line; raises Invalid with a loggable reason."""
+    check_username(user, system_users=())
+    parsed = parse_key_line(key_text)
+    _, expire = _expiry(parsed.comment)
+    expires_at = None
+    if expire is not None:
+        try:
+            expires_at = parse_expiry(expire)
+        except ValueError as exc:
+            raise Invalid(f"key for {user!r}: {exc}") from exc
+    return SshKey(user=user, line=parsed.text, key_type=parsed.key_type, expires_at=expires_at)
+
+
+def parse_user_key_lines(text: str, where: str) -> tuple[list[SshKey], list[Rejection]]:
+    """Parse newline-separated `USER:KEY` lines, keeping good ones and reasons for the rest."""
+    keys: list[SshKey] = []
+    rejections: list[Rejection] = []
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.rstrip("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, sep, key_text = line.partition(":")
+        place = f"{where} line {number}"
+        if not sep:
+            rejections.append(Rejection(place, "no 'user:' prefix"))
+            continue
+        try:
+            keys.append(key_for_user(user.strip(), key_text))
+        except Invalid as exc:
+            rejections.append(Rejection(place, str(exc)))
+    return keys, rejections
+
+
+def dedupe(keys: Iterable[SshKey]) -> tuple[SshKey, ...]:
+    """Drop repeated (user, line) pairs, keeping the first; order is preserved."""
+    seen: set[tuple[str, str]] = set()
+    out: list[SshKey] = []
+    for key in keys:
+        if (key.user, key.line) not in seen:
+            seen.add((key.user, key.line))
+            out.append(key)
+    return tuple(out)

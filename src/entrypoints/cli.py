@@ -1,0 +1,141 @@
+"""`guestagent`: run once, plan, run as a daemon, run metadata scripts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from guestagent.adapters.gce_metadata import DEFAULT_URL, Backoff
+from guestagent.entrypoints.composition import Options, build
+from guestagent.ports.metadata import MetadataSource, MetadataUnavailable, Snapshot
+from guestagent.services.reconcile import run_one
+from guestagent.services.registry import all_subsystems
+from guestagent.services.subsystem import Outcome
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_NO_METADATA = 2
+EXIT_USAGE = 64
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--metadata-url", default=DEFAULT_URL, help="metadata base URL (default: %(default)s)"
+    )
+    common.add_argument(
+        "--config",
+        help="config file (default: /etc/default/instance_configs.cfg under --root); "
+        ".distro and .template beside it are layered in",
+    )
+    common.add_argument("--root", default="/", help="act on the system under this directory (default: /)")
+    common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    common.add_argument("--backoff-max", type=float, default=30.0, help="longest retry delay in seconds")
+    common.add_argument("--netns", help="network namespace for route and NIC changes (testing)")
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common()
+    top = argparse.ArgumentParser(prog="guestagent", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", parents=[common], help="reconcile once and exit")
+    run.add_argument("--once", action="store_true", help="one pass (the only mode; kept for clarity)")
+    run.add_argument("--dry-run", action="store_true", help="print the actions, change nothing")
+    run.add_argument("--wait", type=float, default=30.0, help="seconds to wait for metadata (default 30)")
+    plan = sub.add_parser("plan", parents=[common], help="print what a run would do; change nothing")
+    plan.add_argument("--wait", type=float, default=30.0, help="seconds to wait for metadata (default 30)")
+    sub.add_parser("daemon", parents=[common], help="first reconcile, then follow metadata changes")
+    sandbox = sub.add_parser("sandbox", help="copy this machine's account files into DIR for --root DIR")
+    sandbox.add_argument("dir")
+    return top
+
+
+def _options(args: argparse.Namespace, dry_run: bool) -> Options:
+    return Options(
+        metadata_url=args.metadata_url,
+        config=args.config,
+        root=args.root,
+        backoff_max=args.backoff_max,
+        netns=args.netns,
+        dry_run=dry_run,
+    )
+
+
+def fetch_with_deadline(source: MetadataSource, wait: float, log: logging.Logger) -> Snapshot:
+    """One snapshot, retrying with backoff for up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    backoff = Backoff(cap=5.0)
+    while True:
+        try:
+            return source.get()
+        except MetadataUnavailable as exc:
+            delay = backoff.next_delay()
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s; retrying in %.1fs", exc, delay)
+            time.sleep(delay)
+
+
+def _print(outcomes: Sequence[Outcome], dry_run: bool) -> None:
+    verb = "would" if dry_run else "did"
+    for outcome in outcomes:
+        if not outcome.actions and not outcome.failures:
+            print(f"{outcome.subsystem}: nothing to do")
+        for action in outcome.actions:
+            print(f"{outcome.subsystem}: {verb} {action}")
+        for failure in outcome.failures:
+            print(f"{outcome.subsystem}: FAILED {failure}")
+
+
+def run_once(args: argparse.Namespace, dry_run: bool) -> int:
+    ctx, source = build(_options(args, dry_run))
+    try:
+        snapshot = fetch_with_deadline(source, args.wait, ctx.log)
+    except MetadataUnavailable as exc:
+        print(f"guestagent: no metadata from {args.metadata_url}: {exc}", file=sys.stderr)
+        return EXIT_NO_METADATA
+    finally:
+        source.close()
+    outcomes = [
+        run_one(ctx, s, snapshot.metadata) for s in all_subsystems() if s.enabled(ctx, snapshot.metadata)
+    ]
+    _print(outcomes, dry_run)
+    return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
+
+
+def daemon(args: argparse.Namespace) -> int:
+    from guestagent.entrypoints.daemon import Daemon
+
+    ctx, source = build(_options(args, False))
+    agent = Daemon(ctx, source, all_subsystems())
+    agent.install_signal_handlers()
+    return agent.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "sandbox":
+        from guestagent.entrypoints.sandbox import make_sandbox
+
+        print(make_sandbox(args.dir))
+        return EXIT_OK
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        stream=sys.stderr,
+        format="%(asctime)s guestagent %(levelname)s %(message)s",
+    )
+    if args.command == "run":
+        return run_once(args, args.dry_run)
+    if args.command == "plan":
+        return run_once(args, True)
+    if args.command == "daemon":
+        return daemon(args)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

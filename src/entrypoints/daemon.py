@@ -1,0 +1,116 @@
+"""The long-running agent: first full reconcile, READY, then follow metadata changes."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from guestagent.adapters.gce_metadata import Backoff
+from guestagent.adapters.sd_notify import sd_notify
+from guestagent.domain.metadata import InstanceMetadata
+from guestagent.ports.metadata import MetadataSource, MetadataUnavailable, Snapshot
+from guestagent.services.context import Context
+from guestagent.services.reconcile import Scheduler
+from guestagent.services.subsystem import Outcome, Subsystem
+
+# The longest the loop sleeps between looks at the stop flag: SIGTERM is
+# honoured within this, whatever the long poll is doing.
+TICK = 0.25
+# Without metadata at boot, tell systemd we are up after this long anyway, so
+# that sshd (ordered after us) is not held forever; provisioning continues.
+READY_ANYWAY_AFTER = 90.0
+
+
+class Daemon:
+    def __init__(
+        self,
+        ctx: Context,
+        source: MetadataSource,
+        subsystems: Sequence[Subsystem],
+    ) -> None:
+        self.ctx = ctx
+        self.source = source
+        self.scheduler = Scheduler(subsystems)
+        self.stop = threading.Event()
+        self._snapshots: queue.Queue[Snapshot] = queue.Queue()
+        self.passes = 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.ctx.log.info("signal %d: stopping", signum)
+        self.stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _first_snapshot(self) -> Snapshot | None:
+        backoff = Backoff(cap=getattr(self.source, "backoff_max", 30.0))
+        started = time.monotonic()
+        told_ready = False
+        last_error = None
+        while not self.stop.is_set():
+            try:
+                return self.source.get()
+            except MetadataUnavailable as exc:
+                if str(exc) != last_error:
+                    self.ctx.log.warning("waiting for metadata: %s", exc)
+                    last_error = str(exc)
+            if not told_ready and time.monotonic() - started > READY_ANYWAY_AFTER:
+                sd_notify("READY=1\nSTATUS=waiting for the metadata server")
+                told_ready = True
+            self.stop.wait(backoff.next_delay())
+        return None
+
+    def _watch(self, etag: str) -> None:
+        try:
+            for snapshot in self.source.watch(etag):
+                self._snapshots.put(snapshot)
+                if self.stop.is_set():
+                    return
+        except Exception:  # the watcher must not die silently
+            self.ctx.log.exception("metadata watch failed")
+            self.stop.set()
+
+    def _pass(self, metadata: InstanceMetadata) -> list[Outcome]:
+        outcomes = self.scheduler.run_due(self.ctx, metadata)
+        self.passes += 1
+        for outcome in outcomes:
+            for failure in outcome.failures:
+                self.ctx.log.error("%s: %s", outcome.subsystem, failure)
+        return outcomes
+
+    def run(self) -> int:
+        snapshot = self._first_snapshot()
+        if snapshot is None:
+            return 0
+        self._pass(snapshot.metadata)
+        sd_notify("READY=1\nSTATUS=provisioned; watching metadata")
+        self.ctx.log.info("first pass done; watching for metadata changes")
+        watcher = threading.Thread(target=self._watch, args=(snapshot.etag,), daemon=True)
+        watcher.start()
+        current = snapshot.metadata
+        while not self.stop.is_set():
+            timeout = TICK
+            wake = self.scheduler.next_wake()
+            if wake is not None:
+                timeout = max(0.0, min(TICK, (wake - self.ctx.clock.now()).total_seconds()))
+            try:
+                newest = self._snapshots.get(timeout=timeout)
+                while not self._snapshots.empty():  # only the newest matters
+                    newest = self._snapshots.get_nowait()
+                current = newest.metadata
+            except queue.Empty:
+                wake = self.scheduler.next_wake()
+                if wake is None or wake > self.ctx.clock.now():
+                    continue
+            if self.stop.is_set():
+                break
+            self._pass(current)
+        sd_notify("STOPPING=1")
+        # The watcher thread is a daemon thread: a pending long poll must not hold exit.
+        self.source.close()
+        return 0

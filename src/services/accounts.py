@@ -1,0 +1,179 @@
+"""Accounts: read the guest through ports, plan in the domain, apply through ports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from guestagent.domain import accounts as domain
+from guestagent.domain.account_commands import UnconfinedCommand, commands_for
+from guestagent.domain.config import Accounts as AccountsConfig
+from guestagent.domain.local_users import KeysFileState, PasswdEntry
+from guestagent.domain.metadata import InstanceMetadata
+from guestagent.ports.filesystem import UnsafePath
+from guestagent.services.context import Context
+from guestagent.services.subsystem import Outcome
+
+COMMAND_TIMEOUT = 60.0
+
+
+def observe_keys_file(ctx: Context, entry: PasswdEntry) -> KeysFileState:
+    ssh_dir = entry.home.rstrip("/") + "/.ssh"
+    dir_info = ctx.fs.stat(ssh_dir)
+    if dir_info is not None and dir_info.is_symlink:
+        return KeysFileState(text=None, ssh_dir_is_symlink=True)
+    path = f"{ssh_dir}/authorized_keys"
+    info = ctx.fs.stat(path)
+    if info is None:
+        return KeysFileState(
+            text=None,
+            ssh_dir_mode=dir_info.mode if dir_info else None,
+            ssh_dir_uid=dir_info.uid if dir_info else None,
+        )
+    if info.is_symlink:
+        return KeysFileState(text=None, file_is_symlink=True)
+    return KeysFileState(
+        text=ctx.fs.read_text(path),
+        mode=info.mode,
+        uid=info.uid,
+        gid=info.gid,
+        ssh_dir_mode=dir_info.mode if dir_info else None,
+        ssh_dir_uid=dir_info.uid if dir_info else None,
+    )
+
+
+def observe(ctx: Context, interesting: Iterable[str]) -> domain.AccountsCurrent:
+    """The guest's accounts; key files only for users metadata or the record mention."""
+    users = ctx.users.users()
+    managed = domain.parse_managed_users(ctx.fs.read_text(domain.STATE_PATH))
+    keys_files = {
+        name: observe_keys_file(ctx, users[name]) for name in set(interesting) | managed if name in users
+    }
+    return domain.AccountsCurrent(
+        users=users,
+        groups=ctx.users.groups(),
+        managed=managed,
+        keys_files=keys_files,
+        sudoers_text=ctx.fs.read_text(domain.SUDOERS_PATH),
+        uid_min=ctx.users.uid_min(),
+    )
+
+
+def _visudo_check(ctx: Context) -> Callable[[str], None]:
+    visudo = ctx.runner.which("visudo")
+
+    def check(host_path: str) -> None:
+        if visudo is None:
+            ctx.log.warning("visudo not found; sudoers drop-in written unchecked")
+            return
+        result = ctx.runner.run([visudo, "-cf", host_path], timeout=COMMAND_TIMEOUT)
+        if not result.ok:
+            raise ValueError(f"visudo rejected the sudoers file: {result.stderr.strip()}")
+
+    return check
+
+
+class AccountsSubsystem:
+    name = "accounts"
+
+    def __init__(self) -> None:
+        self._said: set[str] = set()
+
+    def enabled(self, ctx: Context, metadata: InstanceMetadata) -> bool:
+        return ctx.config.Daemons.accounts_daemon
+
+    def inputs(self, metadata: InstanceMetadata) -> object:
+        return (metadata.ssh_keys, metadata.rejections, metadata.oslogin_enabled)
+
+    def _note(self, ctx: Context, message: str) -> None:
+        # The daemon plans on every change; the same refusal is worth one line, not one per event.
+        if message not in self._said:
+            self._said.add(message)
+            ctx.log.warning("%s", message)
+
+    def plan(self, ctx: Context, metadata: InstanceMetadata) -> domain.AccountsPlan:
+        want = domain.desired(metadata, ctx.clock.now())
+        if metadata.oslogin_enabled:
+            # OS Login owns logins now: managed keys and sudo membership go away.
+            want = domain.AccountsDesired(keys={}, rejections=want.rejections)
+        have = observe(ctx, want.keys)
+        return domain.plan(want, have, ctx.config.Accounts)
+
+    def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
+        want_expiry = domain.desired(metadata, ctx.clock.now()).next_expiry
+        planned = self.plan(ctx, metadata)
+        for note in planned.notes:
+            self._note(ctx, note)
+        if ctx.dry_run:
+            return Outcome(self.name, tuple(a.describe() for a in planned.actions), wake_at=want_expiry)
+        done, failures = apply(ctx, planned.actions)
+        return Outcome(self.name, tuple(done), tuple(failures), wake_at=want_expiry)
+
+
+def apply(ctx: Context, actions: Iterable[domain.Action]) -> tuple[list[str], list[str]]:
+    """Carry out a plan; one user's failure never stops the others."""
+    done: list[str] = []
+    failures: list[str] = []
+    failed_users: set[str] = set()
+    users: dict[str, PasswdEntry] | None = None  # re-read lazily after users are created
+    config = ctx.config.Accounts
+
+    def fail(message: str, user: str | None = None) -> None:
+        failures.append(message)
+        ctx.log.error("%s", message)
+        if user is not None:
+            failed_users.add(user)
+
+    for action in actions:
+        user = getattr(action, "user", None)
+        if user is not None and user in failed_users:
+            continue
+        try:
+            if isinstance(action, domain.WriteSudoers):
+                ctx.fs.write_atomic(action.path, action.text, mode=0o440, check=_visudo_check(ctx))
+            elif isinstance(action, domain.WriteKeys):
+                if users is None:
+                    users = ctx.users.users()
+                entry = users.get(action.user)
+                if entry is None:
+                    fail(f"user {action.user} does not exist; keys not written", action.user)
+                    continue
+                ctx.fs.write_user_file(
+                    entry.home,
+                    domain.KEYS_RELATIVE,
+                    action.text,
+                    mode=domain.KEYS_FILE_MODE,
+                    dir_mode=domain.SSH_DIR_MODE,
+                    uid=entry.uid,
+                    gid=entry.gid,
+                )
+            elif isinstance(action, domain.WriteManagedUsers):
+                record = tuple(u for u in action.users if u not in failed_users)
+                ctx.fs.write_atomic(action.path, domain.render_managed_users(record), mode=0o600)
+            else:
+                error = _run_commands(ctx, action, config)
+                if error is not None:
+                    fail(error, user)
+                    continue
+                if isinstance(action, domain.CreateUser):
+                    users = None
+        except (OSError, UnsafePath, UnconfinedCommand, ValueError) as exc:
+            fail(f"{action.describe()} failed: {exc}", user)
+            continue
+        done.append(action.describe())
+        ctx.log.info("%s", action.describe())
+    return done, failures
+
+
+def _run_commands(ctx: Context, action: domain.Action, config: AccountsConfig) -> str | None:
+    """Run the action's commands in order; the first failure's message, or None."""
+    for argv in commands_for(action, config, ctx.root):
+        result = ctx.runner.run(argv, timeout=COMMAND_TIMEOUT)
+        if not result.ok:
+            return (
+                f"{action.describe()} failed: {argv[0]} exit {result.returncode}: "
+                f"{result.stderr.strip()[:300]}"
+            )
+    return None
+
+
+SUBSYSTEM = AccountsSubsystem()

@@ -1,0 +1,36 @@
+"""Everything a subsystem may touch, handed in by the composition root."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+from guestagent.domain.config import Config
+from guestagent.ports.clock import Clock
+from guestagent.ports.commands import CommandRunner
+from guestagent.ports.filesystem import FileSystem
+from guestagent.ports.metadata import GuestAttributes
+from guestagent.ports.users import UsersView
+
+if TYPE_CHECKING:
+    from guestagent.ports.netlink import Netlink
+
+
+@attrs.frozen
+class Context:
+    config: Config
+    fs: FileSystem
+    runner: CommandRunner
+    users: UsersView
+    clock: Clock
+    # None when the platform has no write-back channel.
+    guest_attributes: GuestAttributes | None = None
+    # A factory, so pyroute2 is imported only when a network subsystem runs.
+    netlink: Callable[[], Netlink] | None = None
+    # "/" on a real guest; a sandbox directory under --root. Account commands
+    # need it to confine shadow-utils with --prefix.
+    root: str = "/"
+    dry_run: bool = False
+    log: logging.Logger = attrs.field(factory=lambda: logging.getLogger("guestagent"))

@@ -1,0 +1,100 @@
+"""`guestagent daemon`: live changes, key expiry, outages and a prompt SIGTERM."""
+
+from __future__ import annotations
+
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from guestsim import Simulator
+from tests.integration.conftest import group_members, passwd_entry, read, scenario, ssh_keys_value, wait_until
+from tests.keys import ED25519, ED25519_BOB, RSA
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+MARK = "# Added by Google"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_live_metadata_change_reaches_the_files(sandbox: Path, start_daemon) -> None:
+    keys = sandbox / "home/alice/.ssh/authorized_keys"
+    with Simulator(scenario({"alice": [ED25519]})) as sim:
+        daemon = start_daemon(sim.url("gce"))
+        wait_until(lambda: read(keys) == f"{MARK}\n{ED25519}\n", timeout=20)
+
+        sim.set("instance/attributes/ssh-keys", ssh_keys_value({"alice": [RSA], "bob": [ED25519_BOB]}))
+        took = wait_until(lambda: read(keys) == f"{MARK}\n{RSA}\n", timeout=10)
+        wait_until(lambda: read(sandbox / "home/bob/.ssh/authorized_keys") == f"{MARK}\n{ED25519_BOB}\n")
+        assert group_members(sandbox, "google-sudoers") == {"alice", "bob"}
+
+        sim.set("instance/attributes/ssh-keys", ssh_keys_value({"bob": [ED25519_BOB]}))
+        wait_until(lambda: read(keys) == "", timeout=10)
+        wait_until(lambda: group_members(sandbox, "google-sudoers") == {"bob"})
+        assert daemon.proc.poll() is None
+    assert took < 2.0, f"reaction took {took:.3f}s"
+
+
+def test_key_expiring_while_running_is_removed_without_a_metadata_event(sandbox: Path, start_daemon) -> None:
+    expire = (datetime.now(UTC) + timedelta(seconds=4)).strftime("%Y-%m-%dT%H:%M:%S+0000")
+    scen = scenario({"bob": [ED25519_BOB]})
+    scen["users"].append({"name": "alice", "keys": [{"key": ED25519, "expire_on": expire}]})
+    keys = sandbox / "home/alice/.ssh/authorized_keys"
+    with Simulator(scen) as sim:
+        start_daemon(sim.url("gce"))
+        wait_until(lambda: MARK in (read(keys) or ""), timeout=20)
+        requests_before = len(sim.requests())
+        wait_until(lambda: read(keys) == "", timeout=15)
+        removed_at = datetime.now(UTC)
+        wait_until(lambda: group_members(sandbox, "google-sudoers") == {"bob"})
+        # no new metadata was served to trigger it: only the long poll already pending
+        assert len(sim.requests()) - requests_before <= 1
+    assert removed_at - datetime.strptime(expire, "%Y-%m-%dT%H:%M:%S%z") < timedelta(seconds=2)
+
+
+def test_sigterm_during_a_pending_long_poll_exits_within_two_seconds(sandbox: Path, start_daemon) -> None:
+    with Simulator(scenario({"alice": [ED25519]})) as sim:
+        daemon = start_daemon(sim.url("gce"))
+        wait_until(lambda: read(sandbox / "home/alice/.ssh/authorized_keys") is not None, timeout=20)
+        time.sleep(0.5)  # the daemon is now parked in a long poll
+        took = daemon.stop()
+    assert daemon.proc.returncode == 0
+    assert took < 2.0
+
+
+def test_server_down_at_start_then_up_provisions_without_restart(sandbox: Path, start_daemon) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/computeMetadata/v1/"
+    daemon = start_daemon(url)
+    time.sleep(2.0)
+    assert passwd_entry(sandbox, "alice") is None
+    with Simulator(scenario({"alice": [ED25519]}), port=port):
+        wait_until(lambda: read(sandbox / "home/alice/.ssh/authorized_keys") is not None, timeout=15)
+    assert "waiting for metadata: metadata server unreachable" in daemon.log()
+    assert daemon.log().count("waiting for metadata") == 1  # one line per kind of failure, not per retry
+
+
+@pytest.mark.parametrize("kind", ["status", "html", "blackhole"])
+def test_watch_survives_a_bad_server_and_recovers(sandbox: Path, start_daemon, kind: str) -> None:
+    keys = sandbox / "home/alice/.ssh/authorized_keys"
+    with Simulator(scenario({"alice": [ED25519]})) as sim:
+        daemon = start_daemon(sim.url("gce"))
+        wait_until(lambda: read(keys) is not None, timeout=20)
+        params = {"status": 500} if kind == "status" else {}
+        sim.add_fault("*", kind=kind, **params)
+        sim.set("instance/attributes/ssh-keys", ssh_keys_value({"alice": [RSA]}))
+        time.sleep(1.5)
+        if kind != "blackhole":  # a black hole only shows once the pending poll's timeout runs out
+            assert read(keys) == f"{MARK}\n{ED25519}\n"
+        sim.clear_faults()
+        if kind == "blackhole":
+            return  # the held request stays held; the shutdown below must still be prompt
+        wait_until(lambda: read(keys) == f"{MARK}\n{RSA}\n", timeout=10)
+        assert daemon.proc.poll() is None
+        assert "retrying with backoff" in daemon.log()
