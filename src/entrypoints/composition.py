@@ -6,12 +6,14 @@ import logging
 import os
 
 import attrs
+from guestagent.adapters.confined_runner import ConfinedRunner
 from guestagent.adapters.gce_metadata import DEFAULT_URL, GceMetadata
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.adapters.subprocess_runner import SubprocessRunner
 from guestagent.adapters.system_clock import SystemClock
 from guestagent.domain.config import DEFAULT_CONFIG_PATH, Config, ConfigLayer, layer_paths, load_config
+from guestagent.ports.commands import CommandRunner
 from guestagent.services.context import Context
 
 log = logging.getLogger("guestagent")
@@ -53,14 +55,19 @@ def read_config(options: Options, fs: LocalFileSystem) -> Config:
 def build(options: Options) -> tuple[Context, GceMetadata]:
     fs = LocalFileSystem(options.root)
     source = GceMetadata(options.metadata_url, backoff_max=options.backoff_max)
+    sandboxed = fs.root != "/"
+    runner: CommandRunner = SubprocessRunner()
+    if sandboxed:
+        runner = ConfinedRunner(runner, fs.root)
     ctx = Context(
         config=read_config(options, fs),
         fs=fs,
-        runner=SubprocessRunner(),
+        runner=runner,
         users=PasswdFiles(fs),
         clock=SystemClock(),
         guest_attributes=source,
-        netlink=_netlink_factory(options.netns),
+        # In a sandbox, netlink is offered only for an explicit --netns: never the host's own.
+        netlink=_netlink_factory(options.netns) if (options.netns or not sandboxed) else None,
         root=fs.root,
         dry_run=options.dry_run,
         log=log,

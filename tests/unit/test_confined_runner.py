@@ -1,0 +1,57 @@
+"""In a sandbox root nothing that would change the machine itself may run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from guestagent.adapters.confined_runner import REFUSED, ConfinedRunner
+from guestagent.ports.commands import CommandResult
+
+ROOT = "/tmp/sandbox"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.ran: list[list[str]] = []
+
+    def which(self, program: str) -> str | None:
+        return f"/usr/bin/{program}"
+
+    def run(self, argv: Sequence[str], *, timeout: float | None = None,
+            env: Mapping[str, str] | None = None, stdin: str | None = None) -> CommandResult:
+        self.ran.append(list(argv))
+        return CommandResult(tuple(argv), 0, "", "")
+
+
+@pytest.mark.parametrize("argv", [
+    ["useradd", "--prefix", ROOT, "-m", "alice"],
+    ["usermod", "--prefix", ROOT, "-a", "-G", "g", "alice"],
+    ["/usr/sbin/visudo", "-cf", f"{ROOT}/etc/sudoers.d/x"],
+    ["sshd", "-t", "-f", f"{ROOT}/etc/ssh/sshd_config"],
+    ["ssh-keygen", "-t", "ed25519", "-f", f"{ROOT}/etc/ssh/ssh_host_ed25519_key.temp", "-N", "", "-q"],
+])
+def test_sandbox_safe_commands_run(argv: list[str]) -> None:
+    inner = Recorder()
+    assert ConfinedRunner(inner, ROOT).run(argv).ok
+    assert inner.ran == [argv]
+
+
+@pytest.mark.parametrize("argv", [
+    ["useradd", "-m", "alice"],  # no --prefix: would edit the real /etc/passwd
+    ["useradd", "--prefix", "/", "alice"],
+    ["gpasswd", "-a", "alice", "google-sudoers"],
+    ["/sbin/hwclock", "--hctosys", "-u", "--noadjfile"],
+    ["hostname", "vm-1"],
+    ["systemctl", "reload", "ssh"],
+    ["dhclient", "eth1"],
+    ["ssh-keygen", "-t", "rsa", "-f", "/etc/ssh/ssh_host_rsa_key"],
+    ["sshd"],
+])
+def test_commands_that_would_change_the_machine_are_refused(argv: list[str]) -> None:
+    inner = Recorder()
+    result = ConfinedRunner(inner, ROOT).run(argv)
+    assert result.returncode == REFUSED
+    assert "would change this machine" in result.stderr
+    assert inner.ran == []
