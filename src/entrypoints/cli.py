@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", parents=[common], help="print what a run would do; change nothing")
     plan.add_argument("--wait", type=float, default=30.0, help="seconds to wait for metadata (default 30)")
     sub.add_parser("daemon", parents=[common], help="first reconcile, then follow metadata changes")
+    config = sub.add_parser("config", parents=[common], help="print the effective configuration")
+    config.add_argument("--reference", action="store_true", help="print every option as a Markdown table")
     sandbox = sub.add_parser("sandbox", help="copy this machine's account files into DIR for --root DIR")
     sandbox.add_argument("dir")
     return top
@@ -107,6 +109,18 @@ def run_once(args: argparse.Namespace, dry_run: bool) -> int:
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
 
 
+def show_config(args: argparse.Namespace) -> int:
+    from guestagent.domain.config import render_reference, render_values
+
+    if args.reference:
+        print(render_reference(), end="")
+        return EXIT_OK
+    ctx, source = build(_options(args, True))
+    source.close()
+    print(render_values(ctx.config), end="")
+    return EXIT_OK
+
+
 def daemon(args: argparse.Namespace) -> int:
     from guestagent.entrypoints.daemon import Daemon
 
@@ -134,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_once(args, True)
     if args.command == "daemon":
         return daemon(args)
+    if args.command == "config":
+        return show_config(args)
     return EXIT_USAGE
 
 

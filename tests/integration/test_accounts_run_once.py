@@ -165,3 +165,27 @@ def test_bad_answers_are_refused_not_parsed(sandbox: Path, run_agent, kind: str,
     assert result.returncode == 2
     assert reason in result.stderr
     assert passwd_entry(sandbox, "alice") is None
+
+
+def test_one_process_per_new_user(sandbox: Path, tmp_path: Path) -> None:
+    """With the default templates, each new user costs exactly one useradd (the reference agent: eight)."""
+    import shutil
+    import sys
+
+    shims, log = tmp_path / "shims", tmp_path / "exec.log"
+    shims.mkdir()
+    for tool in ("useradd", "groupadd", "usermod", "userdel", "gpasswd", "visudo"):
+        real = shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin")
+        if real:
+            (shims / tool).write_text(f'#!/bin/sh\necho {tool} >> "{log}"\nexec {real} "$@"\n')
+            (shims / tool).chmod(0o755)
+    users = {f"user{i}": [ED25519] for i in range(10)}
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"}
+    with Simulator(scenario(users)) as sim:
+        done = subprocess.run(
+            [sys.executable, "-m", "guestagent", "run", "--once", "--root", str(sandbox), "--metadata-url", sim.url("gce")],
+            capture_output=True, text=True, env=env, check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    checks = ["visudo"] if shutil.which("visudo", path="/usr/sbin:/usr/bin") else []
+    assert log.read_text().split() == ["groupadd", *checks, *["useradd"] * 10]

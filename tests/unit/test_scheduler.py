@@ -1,0 +1,105 @@
+"""Which subsystems a pass runs: changed inputs, due wake times, retries after failure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import attrs
+
+from guestagent.domain.config import Config
+from guestagent.domain.metadata import InstanceMetadata
+from guestagent.services.context import Context
+from guestagent.services.reconcile import Scheduler
+from guestagent.services.subsystem import Outcome
+
+T0 = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+@attrs.define
+class Clock:
+    at: datetime = T0
+
+    def now(self) -> datetime:
+        return self.at
+
+    def monotonic(self) -> float:
+        return 0.0
+
+
+@attrs.define
+class Probe:
+    name: str
+    key: str
+    fail: bool = False
+    crash: bool = False
+    wake_in: timedelta | None = None
+    runs: int = 0
+
+    def enabled(self, ctx: Context, metadata: InstanceMetadata) -> bool:
+        return True
+
+    def inputs(self, metadata: InstanceMetadata) -> object:
+        return metadata.attribute(self.key)
+
+    def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
+        self.runs += 1
+        if self.crash:
+            raise RuntimeError("boom")
+        wake = ctx.clock.now() + self.wake_in if self.wake_in else None
+        return Outcome(self.name, failures=("nope",) if self.fail else (), wake_at=wake)
+
+
+def ctx(clock: Clock) -> Context:
+    return Context(config=Config(), fs=None, runner=None, users=None, clock=clock)  # type: ignore[arg-type]
+
+
+def md(**attrs_: str) -> InstanceMetadata:
+    return InstanceMetadata(platform="gce", instance_id="1", instance_attributes=attrs_)
+
+
+def test_only_subsystems_whose_inputs_changed_run_again() -> None:
+    clock = Clock()
+    a, b = Probe("a", "ka"), Probe("b", "kb")
+    scheduler = Scheduler([a, b])
+    scheduler.run_due(ctx(clock), md(ka="1", kb="1"))
+    scheduler.run_due(ctx(clock), md(ka="2", kb="1"))
+    scheduler.run_due(ctx(clock), md(ka="2", kb="1"))
+    assert (a.runs, b.runs) == (2, 1)
+
+
+def test_a_crashing_subsystem_does_not_stop_the_others() -> None:
+    clock = Clock()
+    bad, good = Probe("bad", "k", crash=True), Probe("good", "k")
+    outcomes = Scheduler([bad, good]).run_due(ctx(clock), md(k="1"))
+    assert [o.subsystem for o in outcomes] == ["bad", "good"]
+    assert "crashed" in outcomes[0].failures[0]
+    assert outcomes[1].ok
+
+
+def test_failures_are_retried_with_growing_delays() -> None:
+    clock = Clock()
+    flaky = Probe("flaky", "k", fail=True)
+    scheduler = Scheduler([flaky])
+    meta = md(k="1")
+    scheduler.run_due(ctx(clock), meta)
+    assert scheduler.next_wake() == T0 + timedelta(seconds=2)
+    scheduler.run_due(ctx(clock), meta)  # not due yet
+    assert flaky.runs == 1
+    clock.at = T0 + timedelta(seconds=2)
+    scheduler.run_due(ctx(clock), meta)
+    assert flaky.runs == 2
+    assert scheduler.next_wake() == clock.at + timedelta(seconds=4)
+
+
+def test_a_wake_time_runs_the_subsystem_without_a_change() -> None:
+    clock = Clock()
+    expiring = Probe("accounts", "k", wake_in=timedelta(seconds=30))
+    scheduler = Scheduler([expiring])
+    meta = md(k="1")
+    scheduler.run_due(ctx(clock), meta)
+    clock.at = T0 + timedelta(seconds=29)
+    scheduler.run_due(ctx(clock), meta)
+    assert expiring.runs == 1
+    clock.at = T0 + timedelta(seconds=30)
+    scheduler.run_due(ctx(clock), meta)
+    assert expiring.runs == 2
