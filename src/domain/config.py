@@ -165,6 +165,26 @@ def options() -> list[OptionDoc]:
     return out
 
 
+def render_values(config: Config) -> str:
+    """The effective configuration as INI text (for `guestagent config`; never written to disk)."""
+    lines = []
+    for section in attrs.fields(Config):
+        lines.append(f"[{section.name}]")
+        for name, value in attrs.asdict(getattr(config, section.name), recurse=False).items():
+            lines.append(f"{name} = {_render(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_reference() -> str:
+    """Every option as a Markdown table: docs/configuration.md embeds exactly this."""
+    rows = ["| section | option | default | meaning |", "|---|---|---|---|"]
+    for doc in options():
+        default = f"`{doc.default}`" if doc.default else "(empty)"
+        rows.append(f"| {doc.section} | `{doc.option}` | {default} | {doc.doc} |")
+    return "\n".join(rows) + "\n"
+
+
 def _convert(raw: str, default: object) -> object:
     text = raw.strip()
     if isinstance(default, bool):
