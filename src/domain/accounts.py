@@ -198,7 +198,19 @@ def _refusal(state: KeysFileState | None) -> str | None:
     return None
 
 
-def plan(want: AccountsDesired, have: AccountsCurrent, config: AccountsConfig) -> AccountsPlan:
+def plan(
+    want: AccountsDesired,
+    have: AccountsCurrent,
+    config: AccountsConfig,
+    scope: frozenset[str] | None = None,
+) -> AccountsPlan:
+    """Actions from `have` to `want`.
+
+    `scope` limits the per-user work (accounts, memberships, key files) to
+    those users: the daemon passes the users whose desired keys changed since
+    its last full pass, so one changed key costs one user's look at the disk.
+    None means every user.
+    """
     notes = [f"ignored {r.where}: {r.reason}" for r in want.rejections]
     reserved = system_users(have)
     wanted: dict[str, tuple[str, ...]] = {}
@@ -220,7 +232,7 @@ def plan(want: AccountsDesired, have: AccountsCurrent, config: AccountsConfig) -
 
     new_user_groups = tuple(g for g in config.groups if g in groups and g != SUDO_GROUP)
     key_writes: list[Action] = []
-    for user in sorted(wanted):
+    for user in sorted(wanted if scope is None else wanted.keys() & scope):
         entry = have.users.get(user)
         if entry is None:
             actions.append(CreateUser(user, (*new_user_groups, SUDO_GROUP)))
@@ -241,7 +253,8 @@ def plan(want: AccountsDesired, have: AccountsCurrent, config: AccountsConfig) -
             key_writes.append(WriteKeys(user, text, len(wanted[user])))
     actions += key_writes
 
-    for user in sorted(have.managed - wanted.keys()):
+    leaving = have.managed - wanted.keys()
+    for user in sorted(leaving if scope is None else leaving & scope):
         entry = have.users.get(user)
         if entry is None:
             continue  # deleted by someone else: only the record goes

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
 
 from guestagent.domain import accounts as domain
 from guestagent.domain.account_commands import UnconfinedCommand, commands_for
@@ -72,11 +73,19 @@ def _visudo_check(ctx: Context) -> Callable[[str], None]:
     return check
 
 
+# A pass that looks only at changed users trusts the disk for the others; this
+# often a full pass re-reads everything and repairs what someone else changed.
+FULL_PASS_EVERY = timedelta(minutes=10)
+
+
 class AccountsSubsystem:
     name = "accounts"
 
     def __init__(self) -> None:
         self._said: set[str] = set()
+        # Desired keys as of the last pass that succeeded, and when the last full one ran.
+        self._settled: Mapping[str, tuple[str, ...]] | None = None
+        self._full_at: datetime | None = None
 
     def enabled(self, ctx: Context, metadata: InstanceMetadata) -> bool:
         return ctx.config.Daemons.accounts_daemon
@@ -90,23 +99,38 @@ class AccountsSubsystem:
             self._said.add(message)
             ctx.log.warning("%s", message)
 
-    def plan(self, ctx: Context, metadata: InstanceMetadata) -> domain.AccountsPlan:
+    def desired(self, ctx: Context, metadata: InstanceMetadata) -> domain.AccountsDesired:
         want = domain.desired(metadata, ctx.clock.now())
         if metadata.oslogin_enabled:
             # OS Login owns logins now: managed keys and sudo membership go away.
-            want = domain.AccountsDesired(keys={}, rejections=want.rejections)
-        have = observe(ctx, want.keys)
-        return domain.plan(want, have, ctx.config.Accounts)
+            return domain.AccountsDesired(keys={}, rejections=want.rejections, next_expiry=want.next_expiry)
+        return want
+
+    def _scope(self, want: domain.AccountsDesired, now: datetime) -> frozenset[str] | None:
+        if self._settled is None or self._full_at is None or now - self._full_at >= FULL_PASS_EVERY:
+            return None
+        before, after = self._settled, want.keys
+        return frozenset(u for u in before.keys() | after.keys() if before.get(u) != after.get(u))
 
     def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
-        want_expiry = domain.desired(metadata, ctx.clock.now()).next_expiry
-        planned = self.plan(ctx, metadata)
+        now = ctx.clock.now()
+        want = self.desired(ctx, metadata)
+        scope = self._scope(want, now)
+        have = observe(ctx, want.keys if scope is None else scope)
+        planned = domain.plan(want, have, ctx.config.Accounts, scope)
         for note in planned.notes:
             self._note(ctx, note)
+        if scope is None:
+            self._full_at = now
+        wake = self._full_at + FULL_PASS_EVERY
+        if want.next_expiry is not None:
+            wake = min(wake, want.next_expiry)
         if ctx.dry_run:
-            return Outcome(self.name, tuple(a.describe() for a in planned.actions), wake_at=want_expiry)
+            return Outcome(self.name, tuple(a.describe() for a in planned.actions), wake_at=want.next_expiry)
         done, failures = apply(ctx, planned.actions)
-        return Outcome(self.name, tuple(done), tuple(failures), wake_at=want_expiry)
+        # Only a clean pass may narrow the next one: after a failure, look at everything again.
+        self._settled = want.keys if not failures else None
+        return Outcome(self.name, tuple(done), tuple(failures), wake_at=wake)
 
 
 def apply(ctx: Context, actions: Iterable[domain.Action]) -> tuple[list[str], list[str]]:

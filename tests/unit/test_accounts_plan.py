@@ -201,3 +201,17 @@ def test_rejections_become_notes_without_key_material() -> None:
 def test_descriptions_never_contain_keys() -> None:
     result = plan(metadata(key("alice")), current())
     assert all("AAAA" not in a.describe() for a in result.actions)
+
+
+def test_scope_limits_the_work_to_changed_users() -> None:
+    have = current(
+        users={"alice": entry("alice"), "bob": entry("bob", 1002)},
+        groups={"google-sudoers": frozenset({"bob"})},  # alice lost sudo behind our back
+        managed=frozenset({"alice", "bob"}),
+        files={"bob": good_file(f"{MARKER}\n{ED25519_BOB}\n", 1002)},
+    )
+    want = acc.desired(metadata(key("alice"), key("bob", RSA)), NOW)
+    scoped = acc.plan(want, have, Accounts(), scope=frozenset({"bob"}))
+    assert scoped.actions == (acc.WriteKeys("bob", f"{MARKER}\n{RSA}\n", 1),)
+    full = acc.plan(want, have, Accounts())
+    assert acc.AddToGroup("alice", "google-sudoers") in full.actions
