@@ -39,7 +39,9 @@ def make_keys(count: int, workdir: Path) -> list[str]:
     keys = []
     for i in range(count):
         path = workdir / f"k{i}"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"user{i}", "-f", str(path)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"user{i}", "-f", str(path)], check=True
+        )
         keys.append(path.with_suffix(".pub").read_text().strip())
     return keys
 
@@ -97,8 +99,13 @@ def bench_ours(keys: list[str], changes: int, workdir: Path) -> dict[str, Any]:
             if shim_dir is not None:
                 env["PATH"] = f"{shim_dir}:{env['PATH']}"
             started = time.perf_counter()
-            done = subprocess.run([*agent, "run", "--once", "--root", str(root), "--metadata-url", url],
-                                  capture_output=True, text=True, env=env, check=False)
+            done = subprocess.run(
+                [*agent, "run", "--once", "--root", str(root), "--metadata-url", url],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=False,
+            )
             times.append(time.perf_counter() - started)
             if done.returncode != 0 or not all(keys_file(root, u).exists() for u in users):
                 raise SystemExit(f"our agent failed: {done.stderr[-2000:]}")
@@ -107,8 +114,10 @@ def bench_ours(keys: list[str], changes: int, workdir: Path) -> dict[str, Any]:
         result["provision_s"] = round(statistics.median(times), 3)
 
         root = Path(make_sandbox(str(workdir / "ours-daemon")))
-        daemon = subprocess.Popen([*agent, "daemon", "--root", str(root), "--metadata-url", url,
-                                   "--log-level", "WARNING"], stderr=subprocess.DEVNULL)
+        daemon = subprocess.Popen(
+            [*agent, "daemon", "--root", str(root), "--metadata-url", url, "--log-level", "WARNING"],
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_until(lambda: all(keys_file(root, u).exists() for u in users), timeout=60)
             result["reaction_ms"] = reaction(sim, keys, users, root, changes)
@@ -134,11 +143,16 @@ def reaction(sim: Simulator, keys: list[str], users: list[str], root: Path, chan
         wait_until(lambda: target.read_text() == expected, timeout=30)  # noqa: B023 - evaluated at once
         samples.append((time.perf_counter() - started) * 1000)
     samples.sort()
-    return {"p50": round(statistics.median(samples), 2), "p90": round(samples[int(len(samples) * 0.9) - 1], 2)}
+    return {
+        "p50": round(statistics.median(samples), 2),
+        "p90": round(samples[int(len(samples) * 0.9) - 1], 2),
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--changes", type=int, default=20)
     parser.add_argument("--no-peer", action="store_true", help="skip Google's agent")
@@ -156,15 +170,20 @@ def main() -> int:
 
             rows.append(bench_google(keys, args.changes, workdir))
     print(f"\n{args.users} users, {args.changes} single-key changes\n")
-    header = f"{'agent':34} {'provision':>10} {'proc/user':>10} {'react p50':>10} {'react p90':>10} {'RSS':>9}"
+    header = (
+        f"{'agent':34} {'provision':>10} {'proc/user':>10} {'react p50':>10} {'react p90':>10} {'RSS':>9}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         if "error" in row:
             print(f"{row['agent']:34} {row['error']}")
             continue
-        print(f"{row['agent']:34} {row['provision_s']:>9.2f}s {row.get('processes_per_user', '?'):>10} "
-              f"{row['reaction_ms']['p50']:>8.1f}ms {row['reaction_ms']['p90']:>8.1f}ms {row['rss_mib']:>6.1f}MiB")
+        print(
+            f"{row['agent']:34} {row['provision_s']:>9.2f}s {row.get('processes_per_user', '?'):>10} "
+            f"{row['reaction_ms']['p50']:>8.1f}ms {row['reaction_ms']['p90']:>8.1f}ms "
+            f"{row['rss_mib']:>6.1f}MiB"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

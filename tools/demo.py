@@ -33,7 +33,9 @@ def banner(text: str) -> None:
 def agent(root: Path, url: str, *args: str) -> int:
     cmd = ["guestagent", *args, "--root", str(root), "--metadata-url", url]
     print("$ " + " ".join(cmd))
-    done = subprocess.run([sys.executable, "-m", "guestagent", *cmd[1:]], text=True, capture_output=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "guestagent", *cmd[1:]], text=True, capture_output=True, check=False
+    )
     for line in done.stdout.splitlines():
         print("  " + line)
     for line in done.stderr.splitlines():
@@ -52,7 +54,9 @@ def show(root: Path, before: set[str]) -> None:
     passwd = [line.split(":") for line in (root / "etc/passwd").read_text().splitlines()]
     by_uid = {int(f[2]): f[0] for f in passwd}
     by_uid.update({p.pw_uid: p.pw_name for p in pwd.getpwall() if p.pw_uid not in by_uid})
-    by_gid = {int(f[2]): f[0] for f in (line.split(":") for line in (root / "etc/group").read_text().splitlines())}
+    by_gid = {
+        int(f[2]): f[0] for f in (line.split(":") for line in (root / "etc/group").read_text().splitlines())
+    }
     new = [f for f in passwd if f[0] not in before]
     print("users the agent created:" if new else "users the agent created: none")
     for f in new:
@@ -71,8 +75,10 @@ def show(root: Path, before: set[str]) -> None:
             text = keys.read_text()
             own = sum(1 for line in split_managed(text)[0] if line.strip() and not line.startswith("#"))
             print(f"  {owner(keys.parent, by_uid, by_gid)}  /home/{home.name}/.ssh")
-            print(f"  {owner(keys, by_uid, by_gid)}  /home/{home.name}/.ssh/authorized_keys: "
-                  f"{text.count(MARK)} managed, {own} of the user's own")
+            print(
+                f"  {owner(keys, by_uid, by_gid)}  /home/{home.name}/.ssh/authorized_keys: "
+                f"{text.count(MARK)} managed, {own} of the user's own"
+            )
 
 
 def main() -> int:
@@ -80,8 +86,10 @@ def main() -> int:
     parser.add_argument("--root", default="/tmp/guestagent-demo", help="sandbox directory (recreated)")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        print("The demo creates real users with useradd --prefix inside a sandbox directory, "
-              "which needs root. Run it as root (the machine's own accounts are not touched).")
+        print(
+            "The demo creates real users with useradd --prefix inside a sandbox directory, "
+            "which needs root. Run it as root (the machine's own accounts are not touched)."
+        )
         return 1
     root = Path(args.root).resolve()
     if root == Path("/"):
@@ -105,8 +113,9 @@ def main() -> int:
         keys = str(sim.get("instance/attributes/ssh-keys")).splitlines()
         alice_first = next(line for line in keys if line.startswith("alice:"))
         alice_key = alice_first.split(":", 1)[1]
-        bob_keys.write_text(f"# bob's laptop, added by hand\n{alice_key.replace('alice@', 'bob@')}\n"
-                            + bob_keys.read_text())
+        bob_keys.write_text(
+            f"# bob's laptop, added by hand\n{alice_key.replace('alice@', 'bob@')}\n" + bob_keys.read_text()
+        )
         bob_key = next(line for line in keys if line.startswith("bob:")).split(":", 1)[1]
         sim.set("instance/attributes/ssh-keys", f"{alice_first}\nalice:{bob_key}")
         agent(root, url, "run", "--once")

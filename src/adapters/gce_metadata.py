@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import requests
+
 from guestagent.domain.gce import MetadataError, parse_gce
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.metadata import MetadataUnavailable, Snapshot

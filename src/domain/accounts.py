@@ -12,6 +12,7 @@ from datetime import datetime
 from types import MappingProxyType
 
 import attrs
+
 from guestagent.domain import authorized_keys
 from guestagent.domain.config import Accounts as AccountsConfig
 from guestagent.domain.local_users import KeysFileState, PasswdEntry

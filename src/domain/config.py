@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+
 from guestagent.domain.values import parse_bool
 
 LAYER_SUFFIXES = (".distro", ".template", "")

@@ -58,6 +58,7 @@ Action = SetLinkUp | RunDhcp
 class NicsPlan:
     actions: tuple[Action, ...]
     notes: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()  # MACs with no interface in the guest (yet)
 
 
 def nics_enabled(config: Config) -> bool:
@@ -82,9 +83,11 @@ def plan(metadata: InstanceMetadata, links: Sequence[Link], config: NicsConfig) 
     by_mac = {link.mac: link for link in links}
     actions: list[Action] = []
     notes: list[str] = []
+    missing: list[str] = []
     for nic in metadata.network_interfaces[1:]:
         link = by_mac.get(nic.mac)
         if link is None:
+            missing.append(nic.mac)
             notes.append(f"no interface with MAC {nic.mac} yet")
             continue
         if not link.up:
@@ -93,4 +96,4 @@ def plan(metadata: InstanceMetadata, links: Sequence[Link], config: NicsConfig) 
             argv = dhcp_argv(config.dhcp_command, link.name)
             if argv:
                 actions.append(RunDhcp(link.name, argv))
-    return NicsPlan(tuple(actions), tuple(notes))
+    return NicsPlan(tuple(actions), tuple(notes), tuple(missing))

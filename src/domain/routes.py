@@ -80,6 +80,8 @@ class RoutesDesired:
 class RoutesPlan:
     actions: tuple[Action, ...]
     notes: tuple[str, ...] = ()
+    # MACs metadata lists that the guest has no interface for (yet): worth another look later.
+    missing: tuple[str, ...] = ()
 
 
 def routes_enabled(config: Config) -> bool:
@@ -150,6 +152,7 @@ def plan(
     """
     by_mac = {link.mac: link for link in links}
     notes: list[str] = []
+    missing: list[str] = []
     removals: list[LocalRoute] = []
     additions: list[LocalRoute] = []
     managed: dict[str, tuple[str, ...]] = {}
@@ -157,6 +160,7 @@ def plan(
         link = by_mac.get(mac)
         if link is None:
             if destinations:
+                missing.append(mac)
                 notes.append(f"no interface with MAC {mac}; {len(destinations)} routes wait for it")
             continue
         managed[link.name] = destinations
@@ -181,7 +185,7 @@ def plan(
             remaining.append(mine)
     actions: list[Action] = [RemoveRoute(r) for r in sorted(removals, key=_order)]
     actions += [AddRoute(r) for r in additions]
-    return RoutesPlan(tuple(actions), tuple(notes))
+    return RoutesPlan(tuple(actions), want.notes + tuple(notes), tuple(missing))
 
 
 def _order(route: LocalRoute) -> tuple[str, int, str]:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 
 from guestagent.adapters.gce_metadata import DEFAULT_URL, Backoff
+from guestagent.entrypoints import scripts_cmd
 from guestagent.entrypoints.composition import Options, build
 from guestagent.ports.metadata import MetadataSource, MetadataUnavailable, Snapshot
 from guestagent.services.reconcile import run_one
@@ -49,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", parents=[common], help="print what a run would do; change nothing")
     plan.add_argument("--wait", type=float, default=30.0, help="seconds to wait for metadata (default 30)")
     sub.add_parser("daemon", parents=[common], help="first reconcile, then follow metadata changes")
+    scripts_cmd.add_parser(sub, common)
     config = sub.add_parser("config", parents=[common], help="print the effective configuration")
     config.add_argument("--reference", action="store_true", help="print every option as a Markdown table")
     sandbox = sub.add_parser("sandbox", help="copy this machine's account files into DIR for --root DIR")
@@ -148,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_once(args, True)
     if args.command == "daemon":
         return daemon(args)
+    if args.command == "scripts":
+        return scripts_cmd.run(args)
     if args.command == "config":
         return show_config(args)
     return EXIT_USAGE

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import attrs
+
 from guestagent.adapters.confined_runner import ConfinedRunner
 from guestagent.adapters.gce_metadata import DEFAULT_URL, GceMetadata
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.adapters.subprocess_runner import SubprocessRunner
+from guestagent.adapters.sysfs import SysfsWriter
 from guestagent.adapters.system_clock import SystemClock
 from guestagent.domain.config import DEFAULT_CONFIG_PATH, Config, ConfigLayer, layer_paths, load_config
 from guestagent.ports.commands import CommandRunner
+from guestagent.ports.netlink import Netlink
 from guestagent.services.context import Context
 
 log = logging.getLogger("guestagent")
@@ -70,13 +74,14 @@ def build(options: Options) -> tuple[Context, GceMetadata]:
         netlink=_netlink_factory(options.netns) if (options.netns or not sandboxed) else None,
         root=fs.root,
         dry_run=options.dry_run,
+        sysfs=SysfsWriter(fs.root),
         log=log,
     )
     return ctx, source
 
 
-def _netlink_factory(netns: str | None):  # type: ignore[no-untyped-def]
-    def make():  # type: ignore[no-untyped-def]
+def _netlink_factory(netns: str | None) -> Callable[[], Netlink]:
+    def make() -> Netlink:
         # Imported here: pyroute2 costs memory and start-up time the accounts path never needs.
         from guestagent.adapters.pyroute2_netlink import Pyroute2Netlink
 

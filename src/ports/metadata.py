@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 import attrs
+
 from guestagent.domain.metadata import InstanceMetadata
 
 

@@ -12,6 +12,7 @@ from guestagent.domain.local_users import KeysFileState, PasswdEntry
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.filesystem import UnsafePath
 from guestagent.services.context import Context
+from guestagent.services.instance_setup import report_sshable
 from guestagent.services.subsystem import Outcome
 
 COMMAND_TIMEOUT = 60.0
@@ -120,9 +121,9 @@ class AccountsSubsystem:
         planned = domain.plan(want, have, ctx.config.Accounts, scope)
         for note in planned.notes:
             self._note(ctx, note)
-        if scope is None:
-            self._full_at = now
-        wake = self._full_at + FULL_PASS_EVERY
+        full_at = now if scope is None or self._full_at is None else self._full_at
+        self._full_at = full_at
+        wake = full_at + FULL_PASS_EVERY
         if want.next_expiry is not None:
             wake = min(wake, want.next_expiry)
         if ctx.dry_run:
@@ -130,6 +131,8 @@ class AccountsSubsystem:
         done, failures = apply(ctx, planned.actions)
         # Only a clean pass may narrow the next one: after a failure, look at everything again.
         self._settled = want.keys if not failures else None
+        if not failures:
+            report_sshable(ctx)
         return Outcome(self.name, tuple(done), tuple(failures), wake_at=wake)
 
 

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
+
 from guestagent.domain.config import Config
 from guestagent.ports.clock import Clock
 from guestagent.ports.commands import CommandRunner
 from guestagent.ports.filesystem import FileSystem
 from guestagent.ports.metadata import GuestAttributes
+from guestagent.ports.sysfs import KernelFiles
 from guestagent.ports.users import UsersView
 
 if TYPE_CHECKING:
@@ -33,4 +35,6 @@ class Context:
     # need it to confine shadow-utils with --prefix.
     root: str = "/"
     dry_run: bool = False
+    # In-place writes to /sys and /proc (instance-setup tuning); None skips tuning.
+    sysfs: KernelFiles | None = None
     log: logging.Logger = attrs.field(factory=lambda: logging.getLogger("guestagent"))

@@ -78,6 +78,10 @@ def _restart(ctx: Context, action: domain.RestartServices) -> str | None:
         ["systemctl", "show", "-p", "Id", "-p", "LoadState", *domain.probe_units(action)],
         timeout=COMMAND_TIMEOUT,
     )
+    if not probe.ok and not probe.stdout:
+        # e.g. a container without systemd as PID 1: nothing to restart through it
+        ctx.log.warning("systemctl show failed (%s); services not restarted", probe.stderr.strip()[:200])
+        return None
     loaded = domain.loaded_units(probe.stdout)
     for argv in domain.service_commands(action, loaded):
         result = ctx.runner.run(list(argv), timeout=COMMAND_TIMEOUT)

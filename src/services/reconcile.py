@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import attrs
+
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.services.context import Context
 from guestagent.services.subsystem import Outcome, Subsystem

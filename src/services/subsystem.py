@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Protocol
 
 import attrs
+
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.services.context import Context
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from guestagent.domain.account_commands import UnconfinedCommand, commands_for
 from guestagent.domain.accounts import (
     AddToGroup,

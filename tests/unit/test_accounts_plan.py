@@ -7,7 +7,6 @@ from guestagent.domain.authorized_keys import MARKER
 from guestagent.domain.config import Accounts
 from guestagent.domain.local_users import KeysFileState, PasswdEntry
 from guestagent.domain.metadata import InstanceMetadata, SshKey
-
 from tests.keys import ED25519, ED25519_BOB, RSA
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from guestagent.domain.authorized_keys import MARKER, split_managed, with_managed
 from hypothesis import given
 from hypothesis import strategies as st
 
+from guestagent.domain.authorized_keys import MARKER, split_managed, with_managed
 from tests.keys import ED25519, ED25519_BOB, RSA
 
 

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from guestagent.domain.gce import MetadataError, parse_gce
 
+from guestagent.domain.gce import MetadataError, parse_gce
 from tests.keys import ECDSA, ED25519, ED25519_BOB, RSA
 
 

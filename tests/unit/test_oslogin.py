@@ -9,6 +9,9 @@ from pathlib import Path
 
 import attrs
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.domain import oslogin
@@ -17,8 +20,6 @@ from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.commands import CommandResult
 from guestagent.services.context import Context
 from guestagent.services.oslogin import OsLoginSubsystem
-from hypothesis import assume, given
-from hypothesis import strategies as st
 
 DEBIAN_SSHD = """\
 Include /etc/ssh/sshd_config.d/*.conf

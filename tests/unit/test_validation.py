@@ -3,10 +3,10 @@ from __future__ import annotations
 import string
 
 import pytest
-from guestagent.domain.validation import Invalid, check_username, parse_key_line
 from hypothesis import given
 from hypothesis import strategies as st
 
+from guestagent.domain.validation import Invalid, check_username, parse_key_line
 from tests.keys import ECDSA, ED25519, RSA
 
 
@@ -100,7 +100,7 @@ def test_accepted_key_lines_never_contain_line_breaks(noise: str, key: str) -> N
 
 def test_truncated_paste_is_refused() -> None:
     """A key cut short still decodes as base64 and names its type; its fields do not add up."""
-    with pytest.raises(Invalid, match="truncated|wrong length"):
+    with pytest.raises(Invalid, match=r"truncated|wrong length"):
         parse_key_line("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMxb0LNQ c")
     with pytest.raises(Invalid, match="truncated"):
         parse_key_line(RSA[:120])

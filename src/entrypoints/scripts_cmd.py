@@ -1,0 +1,70 @@
+"""`guestagent scripts startup|shutdown`: the metadata script runner's command line.
+
+Wiring (cli.py): `scripts_cmd.add_parser(sub, common)` in parser(), and
+`if args.command == "scripts": return scripts_cmd.run(args)` in main().
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from guestagent.domain.scripts import KINDS
+
+EXIT_NO_METADATA = 2
+
+
+def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    scripts = subparsers.add_parser(
+        "scripts", parents=[common], help="run the startup or shutdown scripts from metadata"
+    )
+    scripts.add_argument("kind", choices=KINDS)
+    scripts.add_argument("--dry-run", action="store_true", help="log the scripts, run nothing")
+    scripts.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait for metadata (default 30)"
+    )
+    scripts.add_argument(
+        "--run-on-this-machine",
+        action="store_true",
+        help="with --root: run the scripts anyway (they run on this machine, not in the root)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from guestagent.adapters.script_fetcher import HttpScriptFetcher
+    from guestagent.adapters.script_runner import SubprocessScriptRunner
+    from guestagent.entrypoints.cli import fetch_with_deadline
+    from guestagent.entrypoints.composition import Options, build
+    from guestagent.ports.metadata import MetadataUnavailable
+    from guestagent.services.scripts import run_scripts
+
+    sandboxed = args.root not in ("/", "")
+    # A script is arbitrary code run as root; --root confines files, not programs, so in a
+    # sandbox the scripts are only listed unless the caller says otherwise.
+    dry_run = args.dry_run or (sandboxed and not args.run_on_this_machine)
+    options = Options(
+        metadata_url=args.metadata_url,
+        config=args.config,
+        root=args.root,
+        backoff_max=args.backoff_max,
+        netns=args.netns,
+        dry_run=dry_run,
+    )
+    ctx, source = build(options)
+    if dry_run and sandboxed and not args.dry_run:
+        ctx.log.info("sandbox root %s: listing scripts only (see --run-on-this-machine)", ctx.root)
+    try:
+        snapshot = fetch_with_deadline(source, args.wait, ctx.log)
+    except MetadataUnavailable as exc:
+        print(f"guestagent: no metadata from {args.metadata_url}: {exc}", file=sys.stderr)
+        return EXIT_NO_METADATA
+    finally:
+        source.close()
+    return run_scripts(
+        ctx,
+        snapshot.metadata,
+        args.kind,
+        runner=SubprocessScriptRunner(),
+        fetcher=HttpScriptFetcher(),
+    )

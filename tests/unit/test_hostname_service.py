@@ -1,0 +1,150 @@
+"""The hostname subsystem on a temp root, with the live name behind a recording runner."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from guestagent.adapters.local_filesystem import LocalFileSystem
+from guestagent.adapters.passwd_users import PasswdFiles
+from guestagent.adapters.system_clock import SystemClock
+from guestagent.domain.config import Config, InstanceSetup
+from guestagent.domain.metadata import InstanceMetadata, NetworkInterface
+from guestagent.ports.commands import CommandResult
+from guestagent.services.context import Context
+from guestagent.services.hostname import HostnameSubsystem
+
+HOSTS = "127.0.0.1\tlocalhost\n::1 localhost ip6-localhost\n# keep me\n"
+
+
+class HostnameRunner:
+    """Plays `hostname` (and optionally lacks it, like a minimal image)."""
+
+    def __init__(self, live: str = "debian", have_hostname: bool = True) -> None:
+        self.live = live
+        self.have_hostname = have_hostname
+        self.calls: list[tuple[str, ...]] = []
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: str | None = None,
+    ) -> CommandResult:
+        args = tuple(argv)
+        self.calls.append(args)
+        if args[0] == "hostname" and not self.have_hostname:
+            return CommandResult(args, 127, "", "hostname: command not found")
+        if args == ("hostname",):
+            return CommandResult(args, 0, self.live + "\n", "")
+        if args[0] == "hostname":
+            self.live = args[1]
+        elif args[:3] == ("hostnamectl", "set-hostname", "--transient"):
+            self.live = args[3]
+        return CommandResult(args, 0, "", "")
+
+    def which(self, program: str) -> str | None:
+        return None
+
+
+def setup(tmp_path: Path, runner: HostnameRunner, *, root: str = "/", fqdn: bool = False,
+          set_hostname: bool = True) -> tuple[Context, Path]:
+    (tmp_path / "etc").mkdir(exist_ok=True)
+    (tmp_path / "etc/hostname").write_text("debian\n")
+    (tmp_path / "etc/hosts").write_text(HOSTS)
+    fs = LocalFileSystem(str(tmp_path))
+    config = Config(InstanceSetup=InstanceSetup(hostname_fqdn=fqdn, set_hostname=set_hostname))
+    # root="/" with files under tmp_path: the service believes it owns the machine, yet
+    # every file lands in the temp dir and the live name only in the fake runner.
+    ctx = Context(config=config, fs=fs, runner=runner, users=PasswdFiles(fs), clock=SystemClock(), root=root)
+    return ctx, tmp_path
+
+
+def md(hostname: str = "vm-1.c.proj.internal") -> InstanceMetadata:
+    return InstanceMetadata("gce", "1", hostname=hostname,
+                            network_interfaces=(NetworkInterface(mac="42:01:0a:80:00:02", ip="10.128.0.2"),))
+
+
+def test_sets_files_and_live_name_then_is_idempotent(tmp_path: Path) -> None:
+    runner = HostnameRunner()
+    ctx, root = setup(tmp_path, runner)
+    sub = HostnameSubsystem()
+    out = sub.reconcile(ctx, md())
+    assert out.ok, out.failures
+    assert (root / "etc/hostname").read_text() == "vm-1\n"
+    assert (root / "etc/hosts").read_text() == (
+        HOSTS + "10.128.0.2 vm-1.c.proj.internal vm-1  # Added by guestagent\n"
+    )
+    assert runner.live == "vm-1"
+    runner.calls.clear()
+    assert sub.reconcile(ctx, md()).actions == ()
+    assert runner.calls == [("hostname",)]  # only read, nothing set
+
+
+def test_fqdn_option_sets_the_full_name(tmp_path: Path) -> None:
+    runner = HostnameRunner()
+    ctx, root = setup(tmp_path, runner, fqdn=True)
+    HostnameSubsystem().reconcile(ctx, md())
+    assert (root / "etc/hostname").read_text() == "vm-1.c.proj.internal\n"
+    assert runner.live == "vm-1.c.proj.internal"
+
+
+def test_rename_replaces_only_the_agent_line(tmp_path: Path) -> None:
+    ctx, root = setup(tmp_path, HostnameRunner())
+    sub = HostnameSubsystem()
+    sub.reconcile(ctx, md())
+    sub.reconcile(ctx, md("web-2.c.proj.internal"))
+    assert (root / "etc/hosts").read_text() == (
+        HOSTS + "10.128.0.2 web-2.c.proj.internal web-2  # Added by guestagent\n"
+    )
+
+
+def test_garbage_hostname_changes_nothing_and_logs_why(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    runner = HostnameRunner()
+    ctx, root = setup(tmp_path, runner)
+    with caplog.at_level(logging.WARNING, logger="guestagent"):
+        out = HostnameSubsystem().reconcile(ctx, md("bad_name;rm -rf /"))
+    assert out.ok
+    assert out.actions == ()
+    assert (root / "etc/hostname").read_text() == "debian\n"
+    assert (root / "etc/hosts").read_text() == HOSTS
+    assert runner.live == "debian"
+    assert any("refused" in r.getMessage() for r in caplog.records)
+
+
+def test_under_a_sandbox_root_the_live_hostname_is_never_touched(tmp_path: Path) -> None:
+    runner = HostnameRunner()
+    ctx, root = setup(tmp_path, runner, root=str(tmp_path))
+    out = HostnameSubsystem().reconcile(ctx, md())
+    assert out.ok
+    assert runner.calls == []
+    assert (root / "etc/hostname").read_text() == "vm-1\n"
+
+
+def test_falls_back_to_hostnamectl_without_the_hostname_program(tmp_path: Path) -> None:
+    runner = HostnameRunner(have_hostname=False)
+    ctx, _ = setup(tmp_path, runner)
+    out = HostnameSubsystem().reconcile(ctx, md())
+    assert ("hostnamectl", "set-hostname", "--transient", "vm-1") in runner.calls
+    assert out.ok
+
+
+def test_set_hostname_false_disables(tmp_path: Path) -> None:
+    ctx, _ = setup(tmp_path, HostnameRunner(), set_hostname=False)
+    assert HostnameSubsystem().enabled(ctx, md()) is False
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    runner = HostnameRunner()
+    ctx, root = setup(tmp_path, runner)
+    import attrs
+
+    out = HostnameSubsystem().reconcile(attrs.evolve(ctx, dry_run=True), md())
+    assert "set hostname vm-1" in out.actions
+    assert (root / "etc/hostname").read_text() == "debian\n"
+    assert runner.live == "debian"
