@@ -101,7 +101,9 @@ class MetadataScripts:
 class NetworkInterfaces:
     setup: bool = _opt(True, "false skips network interface setup")
     ip_forwarding: bool = _opt(True, "false skips forwarded-IP routes")
-    dhcp_command: str = _opt("", "command run to bring up secondary NICs (e.g. dhclient)")
+    dhcp_command: str = _opt(
+        "", "command run for each secondary NIC without an IPv4 address; {interface} is its name"
+    )
 
 
 @attrs.frozen
@@ -132,6 +134,46 @@ class Config:
     Clock: Clock = attrs.field(factory=Clock)
 
 
+# One line of instance_configs.cfg per option, for the reference in docs/configuration.md.
+EXAMPLES = {
+    "Accounts.deprovision_remove": "deprovision_remove = true",
+    "Accounts.groups": "groups = adm,video,docker",
+    "Accounts.useradd_cmd": "useradd_cmd = useradd -m -s /bin/zsh -p * {user}",
+    "Accounts.userdel_cmd": "userdel_cmd = userdel {user}",
+    "Accounts.usermod_cmd": "usermod_cmd = usermod -G {groups} {user}",
+    "Accounts.gpasswd_add_cmd": "gpasswd_add_cmd = adduser {user} {group}",
+    "Accounts.gpasswd_remove_cmd": "gpasswd_remove_cmd = deluser {user} {group}",
+    "Accounts.groupadd_cmd": "groupadd_cmd = groupadd -r {group}",
+    "Accounts.allowed_system_users": "allowed_system_users = root",
+    "Daemons.accounts_daemon": "accounts_daemon = false",
+    "Daemons.clock_skew_daemon": "clock_skew_daemon = false",
+    "Daemons.network_daemon": "network_daemon = false",
+    "Daemons.ip_forwarding_daemon": "ip_forwarding_daemon = false",
+    "Instance.instance_id": "instance_id = 4520031799277581759",
+    "InstanceSetup.host_key_types": "host_key_types = ed25519",
+    "InstanceSetup.optimize_local_ssd": "optimize_local_ssd = false",
+    "InstanceSetup.network_enabled": "network_enabled = false",
+    "InstanceSetup.set_boto_config": "set_boto_config = false",
+    "InstanceSetup.set_host_keys": "set_host_keys = false",
+    "InstanceSetup.set_multiqueue": "set_multiqueue = false",
+    "InstanceSetup.set_hostname": "set_hostname = false",
+    "InstanceSetup.hostname_fqdn": "hostname_fqdn = true",
+    "IpForwarding.ethernet_proto_id": "ethernet_proto_id = 77",
+    "IpForwarding.ip_aliases": "ip_aliases = false",
+    "IpForwarding.target_instance_ips": "target_instance_ips = false",
+    "MetadataScripts.default_shell": "default_shell = /bin/sh",
+    "MetadataScripts.run_dir": "run_dir = /var/lib/google",
+    "MetadataScripts.startup": "startup = false",
+    "MetadataScripts.shutdown": "shutdown = false",
+    "MetadataScripts.shutdown_timeout": "shutdown_timeout = 60",
+    "NetworkInterfaces.setup": "setup = false",
+    "NetworkInterfaces.ip_forwarding": "ip_forwarding = false",
+    "NetworkInterfaces.dhcp_command": "dhcp_command = dhclient -1 {interface}",
+    "OSLogin.cert_authentication": "cert_authentication = true",
+    "Clock.sync_command": "sync_command = chronyc makestep",
+}
+
+
 @attrs.frozen
 class ConfigLayer:
     """One file's text; `name` is used in warnings only."""
@@ -146,6 +188,7 @@ class OptionDoc:
     option: str
     default: str
     doc: str
+    example: str
 
 
 def _render(value: object) -> str:
@@ -162,7 +205,9 @@ def options() -> list[OptionDoc]:
     for section in attrs.fields(Config):
         cls = section.default.factory  # type: ignore[union-attr]
         for field in attrs.fields(cls):
-            out.append(OptionDoc(section.name, field.name, _render(field.default), field.metadata["doc"]))
+            example = EXAMPLES[f"{section.name}.{field.name}"]
+            doc = field.metadata["doc"]
+            out.append(OptionDoc(section.name, field.name, _render(field.default), doc, example))
     return out
 
 
@@ -179,10 +224,10 @@ def render_values(config: Config) -> str:
 
 def render_reference() -> str:
     """Every option as a Markdown table: docs/configuration.md embeds exactly this."""
-    rows = ["| section | option | default | meaning |", "|---|---|---|---|"]
+    rows = ["| section | option | default | meaning | example |", "|---|---|---|---|---|"]
     for doc in options():
         default = f"`{doc.default}`" if doc.default else "(empty)"
-        rows.append(f"| {doc.section} | `{doc.option}` | {default} | {doc.doc} |")
+        rows.append(f"| {doc.section} | `{doc.option}` | {default} | {doc.doc} | `{doc.example}` |")
     return "\n".join(rows) + "\n"
 
 

@@ -106,3 +106,20 @@ def test_every_seed_option_is_known() -> None:
     )
     assert seed <= known
     assert all(o.doc for o in options())
+
+
+def test_reference_doc_matches_the_code() -> None:
+    from pathlib import Path
+
+    from guestagent.domain.config import render_reference
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert render_reference() in doc, "docs/configuration.md is stale: paste `guestagent config --reference`"
+
+
+def test_every_option_has_an_example_that_parses_cleanly() -> None:
+    for opt in options():
+        name = opt.example.partition(" = ")[0]
+        assert name == opt.option
+        _, warnings = load_config([ConfigLayer("x", f"[{opt.section}]\n{opt.example}\n")])
+        assert warnings == (), opt
