@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Sequence
 
-from guestagent.adapters.gce_metadata import DEFAULT_URL, Backoff
+from guestagent.adapters.gce_metadata import DEFAULT_URL
 from guestagent.entrypoints import scripts_cmd
-from guestagent.entrypoints.composition import Options, build
-from guestagent.ports.metadata import MetadataSource, MetadataUnavailable, Snapshot
+from guestagent.entrypoints.composition import build
+from guestagent.entrypoints.oneshot import options_from, snapshot_or_report
 from guestagent.services.reconcile import run_one
 from guestagent.services.registry import all_subsystems
 from guestagent.services.subsystem import Outcome
@@ -58,32 +57,6 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _options(args: argparse.Namespace, dry_run: bool) -> Options:
-    return Options(
-        metadata_url=args.metadata_url,
-        config=args.config,
-        root=args.root,
-        backoff_max=args.backoff_max,
-        netns=args.netns,
-        dry_run=dry_run,
-    )
-
-
-def fetch_with_deadline(source: MetadataSource, wait: float, log: logging.Logger) -> Snapshot:
-    """One snapshot, retrying with backoff for up to `wait` seconds."""
-    deadline = time.monotonic() + wait
-    backoff = Backoff(cap=5.0)
-    while True:
-        try:
-            return source.get()
-        except MetadataUnavailable as exc:
-            delay = backoff.next_delay()
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("%s; retrying in %.1fs", exc, delay)
-            time.sleep(delay)
-
-
 def _print(outcomes: Sequence[Outcome], dry_run: bool) -> None:
     verb = "would" if dry_run else "did"
     for outcome in outcomes:
@@ -96,14 +69,10 @@ def _print(outcomes: Sequence[Outcome], dry_run: bool) -> None:
 
 
 def run_once(args: argparse.Namespace, dry_run: bool) -> int:
-    ctx, source = build(_options(args, dry_run))
-    try:
-        snapshot = fetch_with_deadline(source, args.wait, ctx.log)
-    except MetadataUnavailable as exc:
-        print(f"guestagent: no metadata from {args.metadata_url}: {exc}", file=sys.stderr)
+    ctx, source = build(options_from(args, dry_run))
+    snapshot = snapshot_or_report(args, source, ctx.log)
+    if snapshot is None:
         return EXIT_NO_METADATA
-    finally:
-        source.close()
     outcomes = [
         run_one(ctx, s, snapshot.metadata) for s in all_subsystems() if s.enabled(ctx, snapshot.metadata)
     ]
@@ -117,7 +86,7 @@ def show_config(args: argparse.Namespace) -> int:
     if args.reference:
         print(render_reference(), end="")
         return EXIT_OK
-    ctx, source = build(_options(args, True))
+    ctx, source = build(options_from(args, True))
     source.close()
     print(render_values(ctx.config), end="")
     return EXIT_OK
@@ -126,7 +95,7 @@ def show_config(args: argparse.Namespace) -> int:
 def daemon(args: argparse.Namespace) -> int:
     from guestagent.entrypoints.daemon import Daemon
 
-    ctx, source = build(_options(args, False))
+    ctx, source = build(options_from(args, False))
     agent = Daemon(ctx, source, all_subsystems())
     agent.install_signal_handlers()
     return agent.run()

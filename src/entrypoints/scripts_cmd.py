@@ -7,7 +7,6 @@ Wiring (cli.py): `scripts_cmd.add_parser(sub, common)` in parser(), and
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from guestagent.domain.scripts import KINDS
@@ -34,33 +33,20 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from guestagent.adapters.script_fetcher import HttpScriptFetcher
     from guestagent.adapters.script_runner import SubprocessScriptRunner
-    from guestagent.entrypoints.cli import fetch_with_deadline
-    from guestagent.entrypoints.composition import Options, build
-    from guestagent.ports.metadata import MetadataUnavailable
+    from guestagent.entrypoints.composition import build
+    from guestagent.entrypoints.oneshot import options_from, snapshot_or_report
     from guestagent.services.scripts import run_scripts
 
     sandboxed = args.root not in ("/", "")
     # A script is arbitrary code run as root; --root confines files, not programs, so in a
     # sandbox the scripts are only listed unless the caller says otherwise.
     dry_run = args.dry_run or (sandboxed and not args.run_on_this_machine)
-    options = Options(
-        metadata_url=args.metadata_url,
-        config=args.config,
-        root=args.root,
-        backoff_max=args.backoff_max,
-        netns=args.netns,
-        dry_run=dry_run,
-    )
-    ctx, source = build(options)
+    ctx, source = build(options_from(args, dry_run))
     if dry_run and sandboxed and not args.dry_run:
         ctx.log.info("sandbox root %s: listing scripts only (see --run-on-this-machine)", ctx.root)
-    try:
-        snapshot = fetch_with_deadline(source, args.wait, ctx.log)
-    except MetadataUnavailable as exc:
-        print(f"guestagent: no metadata from {args.metadata_url}: {exc}", file=sys.stderr)
+    snapshot = snapshot_or_report(args, source, ctx.log)
+    if snapshot is None:
         return EXIT_NO_METADATA
-    finally:
-        source.close()
     return run_scripts(
         ctx,
         snapshot.metadata,
