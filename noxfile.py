@@ -48,7 +48,17 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Provisioning time, reaction time and memory, ours beside Google's agent."""
     _install(session)
-    session.run("python", "tools/bench.py", *session.posargs)
+    session.run("python", "-m", "tools.bench", *session.posargs)
+
+
+@nox.session(python=PY, name="bench-sim")
+def bench_sim(session: nox.Session) -> None:
+    """Simulator throughput and long polls: small/recursive GETs/s (wrk if installed, else a
+    Python load generator, always a separate process) and 10,000 held long polls released
+    by one change. `-- --targets` fails the session if a target is missed;
+    `-- --compare-aiohttp` also measures a minimal aiohttp server."""
+    session.install("-e", ".[sim]")
+    session.run("python", "-m", "guestsim.bench", *session.posargs)
 
 
 @nox.session(python=PY)

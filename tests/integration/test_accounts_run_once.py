@@ -161,6 +161,7 @@ def test_no_metadata_server_exits_2_with_a_clear_message(sandbox: Path, run_agen
         ("status", {"status": 500}, "HTTP 500"),
         ("truncate", {}, "truncated"),
         ("flavor", {}, "Metadata-Flavor"),
+        ("reset", {}, "unreachable"),
     ],
 )
 def test_bad_answers_are_refused_not_parsed(sandbox: Path, run_agent, kind: str, params: dict, reason: str) -> None:
