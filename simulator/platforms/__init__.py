@@ -1,0 +1,1 @@
+"""One module per cloud: each renders a Scenario into its own wire format and serves it."""

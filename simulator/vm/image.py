@@ -1,0 +1,213 @@
+"""The guest image: a cached Debian base rootfs plus the agent's .deb, as a raw ext4 disk.
+
+Two cache layers, so that changing the agent costs ~15 s and not a full
+mmdebstrap: the base rootfs tarball (keyed by the package list and the
+harness customisation, see rootfs.py) and the image directory (keyed by the
+base tarball and the .deb's sha256). The kernel and initrd sit beside the
+disk: QEMU boots them directly, no bootloader.
+
+    python -m guestsim.vm.image build [--deb PATH] [--cache-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import attrs
+
+from guestsim.vm import cache, rootfs
+
+# Room for users' homes and logs on top of the ~450 MB system; the raw file is sparse.
+DISK_SIZE = "2G"
+# Changing how the layer is made must change its key, so this string is hashed too.
+LAYER_VERSION = "agent-layer-v1"
+# Everything the harness checks that the agent's units are well formed; a broken
+# unit fails the build rather than a boot three minutes later.
+UNITS = (
+    "guestagent.service",
+    "guestagent-startup-scripts.service",
+    "guestagent-shutdown-scripts.service",
+)
+
+
+@attrs.frozen
+class ImagePaths:
+    """A built image: boot `kernel`+`initrd` with `disk` as /dev/vda; `harness_key` logs in as root."""
+
+    directory: Path
+    disk: Path
+    kernel: Path
+    initrd: Path
+    harness_key: Path
+    key: str
+
+    @classmethod
+    def at(cls, directory: Path, key: str) -> ImagePaths:
+        return cls(
+            directory=directory,
+            disk=directory / "disk.img",
+            kernel=directory / "vmlinuz",
+            initrd=directory / "initrd.img",
+            harness_key=directory / "harness_key",
+            key=key,
+        )
+
+    def complete(self) -> bool:
+        return all(p.exists() for p in (self.disk, self.kernel, self.initrd, self.harness_key))
+
+
+def image_key(base_tarball: Path, deb_path: Path) -> str:
+    return cache.digest(LAYER_VERSION, base_tarball.name, cache.file_digest(deb_path), DISK_SIZE)
+
+
+def build_image(cache_dir: Path, deb_path: Path) -> ImagePaths:
+    """Return the cached image for this .deb, building the missing layers first."""
+    cache_dir = cache_dir.resolve()
+    base = rootfs.ensure_rootfs(rootfs.GUEST_BASE, cache_dir)
+    key = image_key(base, deb_path)
+    final = cache_dir / f"image-{key}"
+    with cache.locked(cache_dir, "image"):
+        paths = ImagePaths.at(final, key)
+        if paths.complete():
+            return paths
+        with cache.publishing(final) as scratch:
+            _build_layer(scratch, base, deb_path)
+            (scratch / "manifest.json").write_text(
+                json.dumps(
+                    {
+                        "base": base.name,
+                        "deb": deb_path.name,
+                        "deb_sha256": cache.file_digest(deb_path),
+                        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    },
+                    indent=2,
+                )
+            )
+    return ImagePaths.at(final, key)
+
+
+def _build_layer(scratch: Path, base: Path, deb_path: Path) -> None:
+    root = scratch / "rootfs"
+    root.mkdir()
+    try:
+        # Owners and modes must survive: mkfs.ext4 -d copies them into the image.
+        subprocess.run(
+            ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", str(base)],
+            check=True,
+        )
+        _install_deb(root, deb_path)
+        _verify_units(root)
+        _authorize_harness(root, scratch / "harness_key")
+        _copy_boot_files(root, scratch)
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(root), str(scratch / "disk.img"), DISK_SIZE],
+            check=True,
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _chroot(root: Path, *argv: str) -> None:
+    # A private mount namespace: nothing the maintainer scripts might mount
+    # outlives the command or shows up on this machine.
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "LC_ALL": "C.UTF-8",
+        "DEBIAN_FRONTEND": "noninteractive",
+    }
+    subprocess.run(["unshare", "--mount", "--fork", "chroot", str(root), *argv], check=True, env=env)
+
+
+def _install_deb(root: Path, deb_path: Path) -> None:
+    """Install the .deb the way a user would: dpkg runs its maintainer scripts,
+    which enable the units (no systemd runs in the chroot, so nothing starts)."""
+    inside = Path("/tmp") / deb_path.name
+    shutil.copy2(deb_path, root / inside.relative_to("/"))
+    try:
+        _chroot(root, "dpkg", "-i", str(inside))
+    finally:
+        (root / inside.relative_to("/")).unlink(missing_ok=True)
+
+
+def _verify_units(root: Path) -> None:
+    units = [f"/lib/systemd/system/{u}" for u in UNITS]
+    _chroot(root, "systemd-analyze", "verify", *units)
+
+
+def _authorize_harness(root: Path, key: Path) -> None:
+    """A root key for the harness only: it inspects the guest over SSH (clean
+    output and exit codes) while tests log in as metadata users with their own keys."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "guestagent-vm-harness", "-f", str(key)],
+        check=True,
+    )
+    ssh_dir = root / "root" / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    authorized = ssh_dir / "authorized_keys"
+    authorized.write_text(key.with_suffix(".pub").read_text())
+    os.chmod(authorized, 0o600)
+
+
+def _copy_boot_files(root: Path, dest: Path) -> None:
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    initrds = sorted((root / "boot").glob("initrd.img-*"))
+    if not kernels or not initrds:
+        raise RuntimeError(f"no kernel or initrd in {root / 'boot'}")
+    shutil.copy2(kernels[-1], dest / "vmlinuz")
+    shutil.copy2(initrds[-1], dest / "initrd.img")
+
+
+def find_repo_deb_builder() -> Path | None:
+    """packaging/build_deb.py when running from a checkout (it is not part of the wheel)."""
+    candidate = Path(__file__).resolve().parents[2] / "packaging" / "build_deb.py"
+    return candidate if candidate.exists() else None
+
+
+def build_deb_from_checkout(out_dir: Path) -> Path:
+    builder = find_repo_deb_builder()
+    if builder is None:
+        raise SystemExit("no --deb given and no packaging/build_deb.py next to this checkout")
+    result = subprocess.run(
+        [sys.executable, str(builder), "--out", str(out_dir)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="guestsim image", description="Build the VM guest image.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build (or find in the cache) the guest image")
+    build.add_argument("--deb", type=Path, help="the guestagent .deb (default: build it)")
+    build.add_argument("--cache-dir", type=Path, default=cache.default_cache_dir())
+    args = parser.parse_args(argv)
+
+    deb = args.deb or build_deb_from_checkout(args.cache_dir / "deb")
+    started = time.monotonic()
+    paths = build_image(args.cache_dir, deb)
+    print(
+        json.dumps(
+            {
+                "disk": str(paths.disk),
+                "kernel": str(paths.kernel),
+                "initrd": str(paths.initrd),
+                "harness_key": str(paths.harness_key),
+                "seconds": round(time.monotonic() - started, 1),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

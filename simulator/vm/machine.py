@@ -1,0 +1,207 @@
+"""One guest VM for tests: a qcow2 overlay over the cached image, QEMU, its console and SSH.
+
+    with select_runner(cache_dir) as runner, Vm(image, metadata_port, runner) as vm:
+        vm.boot()
+        vm.ssh("id")
+
+The overlay lives as long as the Vm, so `vm.reboot()` (power off, start QEMU
+again on the same disk) keeps what the guest wrote: users, host keys, state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from guestsim.vm import console, qemu, ssh
+from guestsim.vm.image import ImagePaths
+
+RUNNER_ENV = "GUESTAGENT_VM_RUNNER"  # container | direct | auto (default)
+
+
+class Vm:
+    def __init__(
+        self,
+        image: ImagePaths,
+        metadata_port: int,
+        runner: qemu.Runner,
+        *,
+        workdir: Path | None = None,
+        keep_dir: Path | None = None,
+    ) -> None:
+        self.image = image
+        self.metadata_port = metadata_port
+        self.runner = runner
+        self.ssh_port = qemu.free_port()
+        # Short path: a unix socket path must stay under 108 bytes.
+        self.files = qemu.VmFiles(Path(tempfile.mkdtemp(prefix="ga-vm-", dir=workdir)))
+        self.keep_dir = keep_dir
+        self._qemu: qemu.RunningQemu | None = None
+        self.started_at = 0.0
+        self.boots = 0
+        qemu.create_overlay(image.disk, self.files.overlay)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def spec(self) -> qemu.QemuSpec:
+        return qemu.QemuSpec(
+            kernel=self.image.kernel,
+            initrd=self.image.initrd,
+            files=self.files,
+            ssh_port=self.ssh_port,
+            metadata_port=self.metadata_port,
+        )
+
+    def start(self) -> None:
+        """Start QEMU; returns while the guest boots."""
+        if self._qemu is not None and self._qemu.running():
+            raise RuntimeError("VM already running")
+        self.files.console_socket.unlink(missing_ok=True)
+        self.started_at = time.monotonic()
+        self._qemu = self.runner.start(self.spec(), [self.files.directory, self.image.directory])
+        self.boots += 1
+
+    def wait_for_ssh(self, timeout: float = 300) -> float:
+        """Wait until root can log in over SSH (sshd starts after the agent is ready).
+
+        Returns seconds since QEMU started.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if ssh.can_login(self.ssh_port, "root", self.image.harness_key):
+                return time.monotonic() - self.started_at
+            time.sleep(1)
+        raise TimeoutError(
+            f"no SSH login in {timeout} s\n{self.diagnose()}\nserial log:\n{self.serial_tail()}"
+        )
+
+    def boot(self, timeout: float = 300) -> float:
+        self.start()
+        return self.wait_for_ssh(timeout)
+
+    def poweroff(self, timeout: float = 180) -> None:
+        """A clean shutdown from inside (shutdown scripts run), then QEMU exits (-no-reboot)."""
+        if self._qemu is None:
+            return
+        if self._qemu.running():
+            self.ssh("systemctl poweroff", check=False, timeout=30)
+            if not self._qemu.wait(timeout):
+                raise TimeoutError(f"guest did not power off in {timeout} s")
+        self._detach()
+
+    def reboot(self, timeout: float = 300) -> float:
+        """Power off and boot again on the same disk, same ports; seconds to SSH."""
+        self.poweroff()
+        return self.boot(timeout)
+
+    def kill(self) -> None:
+        if self._qemu is not None:
+            self._qemu.kill()
+        self._detach()
+
+    def close(self) -> None:
+        try:
+            self.kill()
+        finally:
+            if self.keep_dir is not None:
+                self.keep_dir.mkdir(parents=True, exist_ok=True)
+                for name in ("serial.log", "qemu.log"):
+                    src = self.files.directory / name
+                    if src.exists():
+                        shutil.copy2(src, self.keep_dir / name)
+            shutil.rmtree(self.files.directory, ignore_errors=True)
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _detach(self) -> None:
+        self._qemu = None
+
+    def _check_alive(self) -> None:
+        if self._qemu is None or not self._qemu.running():
+            raise RuntimeError(f"QEMU is not running; serial log:\n{self.serial_tail()}")
+
+    # -- inside the guest ----------------------------------------------------
+
+    def ssh(
+        self,
+        command: str,
+        *,
+        user: str = "root",
+        key: Path | None = None,
+        check: bool = True,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        result = ssh.run(self.ssh_port, user, key or self.image.harness_key, command, timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{user}@guest: {command!r} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def can_login(self, user: str, key: Path) -> bool:
+        return ssh.can_login(self.ssh_port, user, key)
+
+    def console_run(self, command: str, timeout: float = 60) -> tuple[int, str]:
+        """Run a command as root on the serial console (no network or sshd needed)."""
+        with console.session(self.files.console_socket) as session:
+            return session.run(command, timeout)
+
+    def diagnose(self) -> str:
+        """What the guest says about the agent and sshd, through the console."""
+        try:
+            _, out = self.console_run(
+                "systemctl --no-pager --failed; systemctl --no-pager status guestagent ssh"
+                " | cat; journalctl --no-pager -b -u guestagent | tail -n 40",
+                timeout=60,
+            )
+        except Exception as exc:
+            return f"(console diagnosis failed: {exc!r})"
+        return out
+
+    def serial_text(self) -> str:
+        path = self.files.serial_log
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def serial_tail(self, chars: int = 4000) -> str:
+        return self.serial_text()[-chars:]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 1.0) -> bool:
+    """Poll `predicate()` until it is true or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def select_runner(cache_dir: Path) -> Iterator[qemu.Runner]:
+    """The container runner where Podman is installed, else QEMU directly.
+
+    `GUESTAGENT_VM_RUNNER=direct|container` forces one.
+    """
+    from guestsim.vm import container
+
+    choice = os.environ.get(RUNNER_ENV, "auto")
+    if choice not in {"auto", "container", "direct"}:
+        raise ValueError(f"{RUNNER_ENV} must be auto, container or direct, not {choice!r}")
+    if choice == "container" or (choice == "auto" and container.podman_available()):
+        with container.container_runner(cache_dir) as runner:
+            yield runner
+    else:
+        yield qemu.DirectRunner()

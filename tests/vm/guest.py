@@ -1,0 +1,37 @@
+"""Small readers of guest state shared by the VM tests (all through the harness's root SSH)."""
+
+from __future__ import annotations
+
+from guestsim.vm.machine import Vm
+
+
+def unit_times(vm: Vm, unit: str) -> dict[str, float]:
+    """systemd's monotonic timestamps for `unit`, in seconds since the kernel started."""
+    props = ("InactiveExitTimestampMonotonic", "ActiveEnterTimestampMonotonic")
+    out = vm.ssh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props)).stdout
+    times: dict[str, float] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        times[key] = int(value or 0) / 1e6
+    return times
+
+
+def boot_report(vm: Vm, boot_to_ssh: float) -> str:
+    """Where the boot's time went: the whole boot, and the agent's share of it."""
+    agent = unit_times(vm, "guestagent.service")
+    sshd = unit_times(vm, "ssh.service")
+    agent_start = agent["InactiveExitTimestampMonotonic"]
+    agent_ready = agent["ActiveEnterTimestampMonotonic"]
+    analyze = vm.ssh("systemd-analyze; systemd-analyze blame | head -n 8", check=False).stdout
+    return (
+        f"QEMU start -> first SSH login with a metadata key: {boot_to_ssh:.1f} s\n"
+        f"guestagent.service started {agent_start:.1f} s after the kernel, READY at "
+        f"{agent_ready:.1f} s (agent's first reconcile: {agent_ready - agent_start:.1f} s); "
+        f"ssh.service active at {sshd['ActiveEnterTimestampMonotonic']:.1f} s\n{analyze}"
+    )
+
+
+def authorized_users(vm: Vm) -> set[str]:
+    """Users with a home directory created by the agent."""
+    out = vm.ssh("ls /home").stdout
+    return set(out.split())

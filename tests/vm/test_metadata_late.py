@@ -1,0 +1,48 @@
+"""The metadata server is down when the guest boots and comes up later:
+the agent keeps trying and provisions without a reboot."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from guestsim import Simulator
+from guestsim.vm.image import ImagePaths
+from guestsim.vm.machine import Vm, wait_until
+from guestsim.vm.qemu import Runner, free_port
+
+from .conftest import UserKey, record_timing
+
+# How long the server stays down once the agent has started asking.
+OUTAGE = 30
+
+
+def test_provisioning_completes_when_the_metadata_server_comes_up_late(
+    guest_image: ImagePaths,
+    vm_runner: Runner,
+    user_keys: Callable[[str], UserKey],
+    vm_logs_dir: Path,
+):
+    alice = user_keys("alice")
+    # Nothing listens on this port yet: each guest connection to
+    # 169.254.169.254:80 is accepted by slirp and closed when socat fails.
+    port = free_port()
+    with Vm(guest_image, port, vm_runner, keep_dir=vm_logs_dir / "metadata_late") as vm:
+        vm.start()
+        # Count the outage from when the agent starts, not from QEMU start:
+        # under TCG the guest needs 30-60 s to get that far.
+        assert wait_until(lambda: "guestagent.service" in vm.serial_text(), 240, 0.5), vm.serial_tail()
+        time.sleep(OUTAGE)
+        assert not vm.can_login("alice", alice.private)
+        with Simulator({"users": [{"name": "alice", "keys": [alice.public]}]}, platforms=("gce",), port=port):
+            up = time.monotonic()
+            assert wait_until(lambda: vm.can_login("alice", alice.private), 240, 0.5), vm.diagnose()
+            record_timing(
+                "metadata server up late",
+                f"alice logged in {time.monotonic() - up:.1f} s after the server came up",
+            )
+            assert vm.boots == 1
+            boots = vm.ssh("journalctl --list-boots --no-pager | grep -c .").stdout.strip()
+            assert boots == "1"
+            assert vm.ssh("sudo -n true", user="alice", key=alice.private).returncode == 0
