@@ -47,6 +47,27 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
+    def _get_interruptibly(self) -> Snapshot | None:
+        """source.get() in a helper thread, so SIGTERM is honoured even while a request hangs."""
+        result: queue.Queue[Snapshot | MetadataUnavailable] = queue.Queue()
+
+        def fetch() -> None:
+            try:
+                result.put(self.source.get())
+            except MetadataUnavailable as exc:
+                result.put(exc)
+
+        threading.Thread(target=fetch, name="first-fetch", daemon=True).start()
+        while not self.stop.is_set():
+            try:
+                outcome = result.get(timeout=TICK)
+            except queue.Empty:
+                continue
+            if isinstance(outcome, MetadataUnavailable):
+                raise outcome
+            return outcome
+        return None
+
     def _first_snapshot(self) -> Snapshot | None:
         backoff = Backoff(cap=getattr(self.source, "backoff_max", 30.0))
         started = time.monotonic()
@@ -54,7 +75,7 @@ class Daemon:
         last_error = None
         while not self.stop.is_set():
             try:
-                return self.source.get()
+                return self._get_interruptibly()
             except MetadataUnavailable as exc:
                 if str(exc) != last_error:
                     self.ctx.log.warning("waiting for metadata: %s", exc)

@@ -101,3 +101,13 @@ def test_watch_survives_a_bad_server_and_recovers(sandbox: Path, start_daemon, k
         wait_until(lambda: read(keys) == f"{MARK}\n{RSA}\n", timeout=10)
         assert daemon.proc.poll() is None
         assert "retrying with backoff" in daemon.log()
+
+
+def test_sigterm_while_the_first_request_hangs_exits_promptly(sandbox: Path, start_daemon) -> None:
+    with Simulator(scenario({"alice": [ED25519]})) as sim:
+        sim.add_fault("*", kind="blackhole")
+        daemon = start_daemon(sim.url("gce"))
+        wait_until(lambda: sim.faults()[0]["hits"] >= 1, timeout=10)  # the first GET is now held
+        took = daemon.stop()
+    assert daemon.proc.returncode == 0
+    assert took < 2.0
