@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
+from guestagent.adapters.fakes import RecordingRunner
 from guestagent.adapters.gce_metadata import GceMetadata
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
@@ -31,30 +31,17 @@ SCENARIO = {
 }
 
 
-class KeygenOnly:
+def _only_ssh_keygen(argv: tuple[str, ...]) -> CommandResult | None:
+    assert argv[0] == "ssh-keygen", argv
+    return None  # so the real runner runs it
+
+
+def keygen_only() -> RecordingRunner:
     """The real runner, for ssh-keygen only; records what ran."""
-
-    def __init__(self) -> None:
-        self.inner = SubprocessRunner()
-        self.calls: list[tuple[str, ...]] = []
-
-    def which(self, program: str) -> str | None:
-        return self.inner.which(program)
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: str | None = None,
-    ) -> CommandResult:
-        assert argv[0] == "ssh-keygen", argv
-        self.calls.append(tuple(argv))
-        return self.inner.run(argv, timeout=timeout, env=env, stdin=stdin)
+    return RecordingRunner(respond=_only_ssh_keygen, delegate=SubprocessRunner())
 
 
-def _ctx(root: Path, runner: KeygenOnly, source: GceMetadata, **opts: object) -> Context:
+def _ctx(root: Path, runner: RecordingRunner, source: GceMetadata, **opts: object) -> Context:
     fs = LocalFileSystem(str(root))
     return Context(
         config=Config(InstanceSetup=InstanceSetup(**opts)),  # type: ignore[arg-type]
@@ -83,7 +70,7 @@ def test_first_boot_keys_published_then_restart_regenerates_nothing(
     source = GceMetadata(sim.url("gce"), backoff_max=0.1)
     metadata: InstanceMetadata = source.get().metadata
     assert metadata.instance_id == "4520031799277581759"
-    runner = KeygenOnly()
+    runner = keygen_only()
 
     first = InstanceSetupSubsystem().reconcile(
         _ctx(tmp_path, runner, source, host_key_types=("ed25519", "ecdsa")), metadata
@@ -130,7 +117,7 @@ def test_first_boot_keys_published_then_restart_regenerates_nothing(
 def test_sshable_lands_in_guest_attributes(tmp_path: Path, make_simulator: object) -> None:
     sim = make_simulator(SCENARIO, platforms=("gce",))  # type: ignore[operator]
     source = GceMetadata(sim.url("gce"), backoff_max=0.1)
-    assert report_sshable(_ctx(tmp_path, KeygenOnly(), source))
+    assert report_sshable(_ctx(tmp_path, keygen_only(), source))
     value = sim.guest_attributes()["guest-agent/sshable"]
     assert value.isdigit() and abs(int(value) - int(SystemClock().now().timestamp())) < 60
     source.close()
@@ -141,7 +128,7 @@ def test_set_host_keys_false_keeps_image_keys(tmp_path: Path, make_simulator: ob
     source = GceMetadata(sim.url("gce"), backoff_max=0.1)
     (tmp_path / "etc/ssh").mkdir(parents=True)
     (tmp_path / "etc/ssh/ssh_host_rsa_key").write_text("image key\n")
-    runner = KeygenOnly()
+    runner = keygen_only()
     outcome = InstanceSetupSubsystem().reconcile(
         _ctx(tmp_path, runner, source, set_host_keys=False), source.get().metadata
     )

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from guestagent.adapters.fakes import FixedClock, RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.adapters.subprocess_runner import SubprocessRunner
@@ -48,32 +47,24 @@ Match User backup
 """
 
 
-class StrictSshdRunner:
+class StrictSshdRunner(RecordingRunner):
     """SubprocessRunner, except sshd runs where /run/sshd exists (a private tmpfs)."""
 
     def __init__(self) -> None:
         self.inner = SubprocessRunner()
+        super().__init__(respond=self._sshd_in_private_run, which=self.inner.which)
         self.sshd_checks: list[tuple[str, int]] = []
 
-    def which(self, program: str) -> str | None:
-        return self.inner.which(program)
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: str | None = None,
-    ) -> CommandResult:
+    def _sshd_in_private_run(self, argv: tuple[str, ...]) -> CommandResult:
         if os.path.basename(argv[0]) != "sshd":
             raise AssertionError(f"only sshd -t may run here, not {argv[0]}")
+        assert self.last_run is not None
         script = 'mount -t tmpfs tmpfs /run && mkdir -m 0755 /run/sshd && exec "$@"'
         wrapped = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "_", *argv]
-        result = self.inner.run(wrapped, timeout=timeout)
+        result = self.inner.run(wrapped, timeout=self.last_run.timeout)
         config_path = argv[argv.index("-f") + 1]
         self.sshd_checks.append((Path(config_path).read_text(), result.returncode))
-        return CommandResult(tuple(argv), result.returncode, result.stdout, result.stderr)
+        return CommandResult(argv, result.returncode, result.stdout, result.stderr)
 
 
 def _sandbox(root: Path) -> LocalFileSystem:
@@ -90,21 +81,13 @@ def _sandbox(root: Path) -> LocalFileSystem:
     return LocalFileSystem(str(root))
 
 
-class Clock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def monotonic(self) -> float:
-        return 0.0
-
-
 def _ctx(fs: LocalFileSystem, runner: StrictSshdRunner, cert: bool) -> Context:
     return Context(
         config=Config(OSLogin=OSLogin(cert_authentication=cert)),
         fs=fs,
         runner=runner,
         users=PasswdFiles(fs),
-        clock=Clock(),
+        clock=FixedClock(),
         root=fs.root,
     )
 
@@ -163,7 +146,7 @@ def test_plain_runner_accepts_the_missing_privsep_dir_only(tmp_path: Path) -> No
     if os.path.isdir("/run/sshd"):
         pytest.skip("this machine has /run/sshd; nothing to show")
     ctx = Context(
-        config=Config(), fs=fs, runner=SubprocessRunner(), users=PasswdFiles(fs), clock=Clock(),
+        config=Config(), fs=fs, runner=SubprocessRunner(), users=PasswdFiles(fs), clock=FixedClock(),
         root=fs.root,
     )  # fmt: skip
     outcome = OsLoginSubsystem().reconcile(ctx, _meta(True))

@@ -2,44 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from guestagent.adapters.fakes import RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.adapters.system_clock import SystemClock
 from guestagent.domain.clock import STATE_PATH
 from guestagent.domain.config import Clock, Config
 from guestagent.domain.metadata import InstanceMetadata
-from guestagent.ports.commands import CommandResult
 from guestagent.services.clock import ClockSubsystem
 from guestagent.services.context import Context
 
 
-class Runner:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, ...]] = []
-        self.returncode = 0
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: str | None = None,
-    ) -> CommandResult:
-        self.calls.append(tuple(argv))
-        return CommandResult(tuple(argv), self.returncode, "", "hwclock: cannot access the RTC")
-
-    def which(self, program: str) -> str | None:
-        return None
+def recorder() -> RecordingRunner:
+    # hwclock's complaint comes with every answer; only the exit status says whether it counts
+    return RecordingRunner(stderr="hwclock: cannot access the RTC", which={})
 
 
 SYNC = ("/sbin/hwclock", "--hctosys", "-u", "--noadjfile")
 
 
-def ctx_for(tmp_path: Path, runner: Runner, command: str | None = None, root: str | None = None) -> Context:
+def ctx_for(
+    tmp_path: Path, runner: RecordingRunner, command: str | None = None, root: str | None = None
+) -> Context:
     fs = LocalFileSystem(str(tmp_path))
     config = Config(Clock=Clock(sync_command=command)) if command is not None else Config()
     # root="/": the subsystem acts as on a real guest, but files land under tmp_path and
@@ -53,7 +39,7 @@ def token(value: str | None) -> InstanceMetadata:
 
 
 def test_first_sight_does_not_resync_but_records(tmp_path: Path) -> None:
-    runner = Runner()
+    runner = recorder()
     out = ClockSubsystem().reconcile(ctx_for(tmp_path, runner), token("0"))
     assert out.ok
     assert runner.calls == []
@@ -61,7 +47,7 @@ def test_first_sight_does_not_resync_but_records(tmp_path: Path) -> None:
 
 
 def test_change_resyncs_once(tmp_path: Path) -> None:
-    runner = Runner()
+    runner = recorder()
     ctx = ctx_for(tmp_path, runner)
     sub = ClockSubsystem()
     sub.reconcile(ctx, token("0"))
@@ -71,21 +57,21 @@ def test_change_resyncs_once(tmp_path: Path) -> None:
 
 
 def test_restart_with_the_same_token_does_not_resync(tmp_path: Path) -> None:
-    runner = Runner()
+    runner = recorder()
     ClockSubsystem().reconcile(ctx_for(tmp_path, runner), token("0"))
     ClockSubsystem().reconcile(ctx_for(tmp_path, runner), token("0"))  # a new process
     assert runner.calls == []
 
 
 def test_token_changed_while_the_agent_was_down_resyncs_at_start(tmp_path: Path) -> None:
-    runner = Runner()
+    runner = recorder()
     ClockSubsystem().reconcile(ctx_for(tmp_path, runner), token("0"))
     ClockSubsystem().reconcile(ctx_for(tmp_path, runner), token("1"))
     assert runner.calls == [SYNC]
 
 
 def test_failed_resync_is_retried_on_the_next_pass(tmp_path: Path) -> None:
-    runner = Runner()
+    runner = recorder()
     ctx = ctx_for(tmp_path, runner)
     sub = ClockSubsystem()
     sub.reconcile(ctx, token("0"))
@@ -102,7 +88,7 @@ def test_failed_resync_is_retried_on_the_next_pass(tmp_path: Path) -> None:
 
 
 def test_configured_command_is_run_as_argv(tmp_path: Path) -> None:
-    runner = Runner()
+    runner = recorder()
     ctx = ctx_for(tmp_path, runner, "chronyc makestep")
     sub = ClockSubsystem()
     sub.reconcile(ctx, token("a"))
@@ -111,7 +97,7 @@ def test_configured_command_is_run_as_argv(tmp_path: Path) -> None:
 
 
 def test_no_token_leaves_everything_alone(tmp_path: Path) -> None:
-    runner = Runner()
+    runner = recorder()
     out = ClockSubsystem().reconcile(ctx_for(tmp_path, runner), token(None))
     assert out.actions == ()
     assert not (tmp_path / STATE_PATH.lstrip("/")).exists()
@@ -123,7 +109,7 @@ def test_clock_inputs_are_just_the_token() -> None:
 
 
 def test_under_a_sandbox_root_the_clock_is_never_stepped(tmp_path: Path) -> None:
-    runner = Runner()
+    runner = recorder()
     sub = ClockSubsystem()
     ctx = ctx_for(tmp_path, runner, root=str(tmp_path))
     sub.reconcile(ctx, token("0"))

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import pytest
 
 from guestagent.adapters.confined_runner import REFUSED, ConfinedRunner
-from guestagent.ports.commands import CommandResult
+from guestagent.adapters.fakes import RecordingRunner
 
 ROOT = "/tmp/sandbox"
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.ran: list[list[str]] = []
-
-    def which(self, program: str) -> str | None:
-        return f"/usr/bin/{program}"
-
-    def run(self, argv: Sequence[str], *, timeout: float | None = None,
-            env: Mapping[str, str] | None = None, stdin: str | None = None) -> CommandResult:
-        self.ran.append(list(argv))
-        return CommandResult(tuple(argv), 0, "", "")
 
 
 @pytest.mark.parametrize("argv", [
@@ -33,9 +18,9 @@ class Recorder:
     ["ssh-keygen", "-t", "ed25519", "-f", f"{ROOT}/etc/ssh/ssh_host_ed25519_key.temp", "-N", "", "-q"],
 ])
 def test_sandbox_safe_commands_run(argv: list[str]) -> None:
-    inner = Recorder()
+    inner = RecordingRunner()
     assert ConfinedRunner(inner, ROOT).run(argv).ok
-    assert inner.ran == [argv]
+    assert inner.calls == [tuple(argv)]
 
 
 @pytest.mark.parametrize("argv", [
@@ -50,8 +35,8 @@ def test_sandbox_safe_commands_run(argv: list[str]) -> None:
     ["sshd"],
 ])
 def test_commands_that_would_change_the_machine_are_refused(argv: list[str]) -> None:
-    inner = Recorder()
+    inner = RecordingRunner()
     result = ConfinedRunner(inner, ROOT).run(argv)
     assert result.returncode == REFUSED
     assert "would change this machine" in result.stderr
-    assert inner.ran == []
+    assert inner.calls == []

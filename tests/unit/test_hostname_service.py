@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
+from guestagent.adapters.fakes import RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.adapters.system_clock import SystemClock
@@ -20,24 +20,15 @@ from guestagent.services.hostname import HostnameSubsystem
 HOSTS = "127.0.0.1\tlocalhost\n::1 localhost ip6-localhost\n# keep me\n"
 
 
-class HostnameRunner:
+class HostnameRunner(RecordingRunner):
     """Plays `hostname` (and optionally lacks it, like a minimal image)."""
 
     def __init__(self, live: str = "debian", have_hostname: bool = True) -> None:
+        super().__init__(respond=self._hostname, which={})
         self.live = live
         self.have_hostname = have_hostname
-        self.calls: list[tuple[str, ...]] = []
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: str | None = None,
-    ) -> CommandResult:
-        args = tuple(argv)
-        self.calls.append(args)
+    def _hostname(self, args: tuple[str, ...]) -> CommandResult | None:
         if args[0] == "hostname" and not self.have_hostname:
             return CommandResult(args, 127, "", "hostname: command not found")
         if args == ("hostname",):
@@ -46,10 +37,7 @@ class HostnameRunner:
             self.live = args[1]
         elif args[:3] == ("hostnamectl", "set-hostname", "--transient"):
             self.live = args[3]
-        return CommandResult(args, 0, "", "")
-
-    def which(self, program: str) -> str | None:
-        return None
+        return None  # the default answer: success, no output
 
 
 def setup(tmp_path: Path, runner: HostnameRunner, *, root: str = "/", fqdn: bool = False,

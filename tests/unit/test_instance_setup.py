@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from guestagent.adapters.fakes import FixedClock, RecordingGuestAttributes, RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.adapters.sysfs import SysfsWriter
@@ -21,7 +22,6 @@ from guestagent.domain import instance_setup as setup
 from guestagent.domain.config import Config, Instance, InstanceSetup
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.commands import CommandResult
-from guestagent.ports.metadata import MetadataUnavailable
 from guestagent.services.context import Context
 from guestagent.services.instance_setup import InstanceSetupSubsystem, apply, report_sshable
 
@@ -214,50 +214,23 @@ def test_boto_skipped_with_a_note_without_project_number() -> None:
 # ---- the subsystem on a sandbox root
 
 
-class FakeKeygen:
+NOW = datetime(2026, 11, 23, 20, 0, tzinfo=UTC)
+
+
+class FakeKeygen(RecordingRunner):
     """Plays ssh-keygen: writes a fake key pair where asked, counts the calls."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, ...]] = []
+        super().__init__(respond=self._keygen)
 
-    def which(self, program: str) -> str | None:
-        return f"/usr/bin/{program}"
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: str | None = None,
-    ) -> CommandResult:
-        self.calls.append(tuple(argv))
+    def _keygen(self, argv: tuple[str, ...]) -> CommandResult | None:
         assert argv[0] == "ssh-keygen"
         key_type, path = argv[2], argv[4]
         if key_type == "dsa":
-            return CommandResult(tuple(argv), 1, "", "unknown key type dsa")
+            return CommandResult(argv, 1, "", "unknown key type dsa")
         Path(path).write_text(f"PRIVATE {key_type} {len(self.calls)}\n")
         Path(path + ".pub").write_text(f"ssh-{key_type} QUFB{len(self.calls)} root@sandbox\n")
-        return CommandResult(tuple(argv), 0, "", "")
-
-
-class FakeAttributes:
-    def __init__(self, fail: bool = False) -> None:
-        self.values: dict[str, str] = {}
-        self.fail = fail
-
-    def put_guest_attribute(self, key: str, value: str) -> None:
-        if self.fail:
-            raise MetadataUnavailable("down")
-        self.values[key] = value
-
-
-class FixedClock:
-    def now(self) -> datetime:
-        return datetime(2026, 11, 23, 20, 0, tzinfo=UTC)
-
-    def monotonic(self) -> float:
-        return 0.0
+        return None  # the default answer: success
 
 
 def _fake_sysfs(root: Path) -> None:
@@ -282,14 +255,16 @@ def _fake_sysfs(root: Path) -> None:
     (root / "sys/bus/virtio/drivers/virtio_net/virtio0/net/ens4").mkdir(parents=True)
 
 
-def _ctx(root: Path, runner: FakeKeygen, attributes: FakeAttributes | None, **setup_opts: bool) -> Context:
+def _ctx(
+    root: Path, runner: FakeKeygen, attributes: RecordingGuestAttributes | None, **setup_opts: bool
+) -> Context:
     fs = LocalFileSystem(str(root))
     return Context(
         config=Config(InstanceSetup=InstanceSetup(**setup_opts), Instance=Instance()),  # type: ignore[arg-type]
         fs=fs,
         runner=runner,
         users=PasswdFiles(fs),
-        clock=FixedClock(),
+        clock=FixedClock(NOW),
         guest_attributes=attributes,
         root=str(root),
         sysfs=SysfsWriter(str(root)),
@@ -303,7 +278,7 @@ def test_first_boot_then_restart(tmp_path: Path) -> None:
     _fake_sysfs(tmp_path)
     (tmp_path / "etc/ssh").mkdir(parents=True)
     (tmp_path / "etc/ssh/ssh_host_rsa_key").write_text("IMAGE KEY\n")
-    runner, attributes = FakeKeygen(), FakeAttributes()
+    runner, attributes = FakeKeygen(), RecordingGuestAttributes()
     outcome = InstanceSetupSubsystem().reconcile(_ctx(tmp_path, runner, attributes), META)
     assert outcome.ok, outcome.failures
 
@@ -331,7 +306,7 @@ def test_first_boot_then_restart(tmp_path: Path) -> None:
     (tmp_path / "sys/block/nvme0n1/queue/scheduler").write_text("[none] mq-deadline\n")
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in ssh.iterdir()}
     runner.calls.clear()
-    restart = InstanceSetupSubsystem().reconcile(_ctx(tmp_path, runner, FakeAttributes()), META)
+    restart = InstanceSetupSubsystem().reconcile(_ctx(tmp_path, runner, RecordingGuestAttributes()), META)
     assert restart.ok
     assert runner.calls == []
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in ssh.iterdir()} == before
@@ -342,7 +317,7 @@ def test_first_boot_then_restart(tmp_path: Path) -> None:
 def test_network_disabled_skips_keys_boto_and_record(tmp_path: Path) -> None:
     runner = FakeKeygen()
     outcome = InstanceSetupSubsystem().reconcile(
-        _ctx(tmp_path, runner, FakeAttributes(), network_enabled=False), META
+        _ctx(tmp_path, runner, RecordingGuestAttributes(), network_enabled=False), META
     )
     assert outcome.ok
     assert runner.calls == []
@@ -353,7 +328,7 @@ def test_network_disabled_skips_keys_boto_and_record(tmp_path: Path) -> None:
 def test_a_failing_key_type_does_not_stop_the_others(tmp_path: Path) -> None:
     runner = FakeKeygen()
     outcome = InstanceSetupSubsystem().reconcile(
-        _ctx(tmp_path, runner, FakeAttributes(), host_key_types=("dsa", "ed25519")),  # type: ignore[arg-type]
+        _ctx(tmp_path, runner, RecordingGuestAttributes(), host_key_types=("dsa", "ed25519")),  # type: ignore[arg-type]
         META,
     )
     assert [f.split(" failed")[0] for f in outcome.failures] == [
@@ -365,7 +340,7 @@ def test_a_failing_key_type_does_not_stop_the_others(tmp_path: Path) -> None:
 
 def test_unreachable_guest_attributes_is_a_failure_but_keys_stay(tmp_path: Path) -> None:
     outcome = InstanceSetupSubsystem().reconcile(
-        _ctx(tmp_path, FakeKeygen(), FakeAttributes(fail=True)), META
+        _ctx(tmp_path, FakeKeygen(), RecordingGuestAttributes(fail=True)), META
     )
     assert any("publishing host key" in f for f in outcome.failures)
     assert (tmp_path / "etc/ssh/ssh_host_ed25519_key.pub").exists()
@@ -373,7 +348,7 @@ def test_unreachable_guest_attributes_is_a_failure_but_keys_stay(tmp_path: Path)
 
 def test_dry_run_only_describes(tmp_path: Path) -> None:
     runner = FakeKeygen()
-    ctx = attrs.evolve(_ctx(tmp_path, runner, FakeAttributes()), dry_run=True)
+    ctx = attrs.evolve(_ctx(tmp_path, runner, RecordingGuestAttributes()), dry_run=True)
     outcome = InstanceSetupSubsystem().reconcile(ctx, META)
     assert "generate SSH host key /etc/ssh/ssh_host_ed25519_key" in outcome.actions
     assert runner.calls == []
@@ -381,10 +356,10 @@ def test_dry_run_only_describes(tmp_path: Path) -> None:
 
 
 def test_report_sshable_puts_unix_time(tmp_path: Path) -> None:
-    attributes = FakeAttributes()
+    attributes = RecordingGuestAttributes()
     assert report_sshable(_ctx(tmp_path, FakeKeygen(), attributes))
-    assert attributes.values == {"guest-agent/sshable": str(int(FixedClock().now().timestamp()))}
-    assert not report_sshable(_ctx(tmp_path, FakeKeygen(), FakeAttributes(fail=True)))
+    assert attributes.values == {"guest-agent/sshable": str(int(NOW.timestamp()))}
+    assert not report_sshable(_ctx(tmp_path, FakeKeygen(), RecordingGuestAttributes(fail=True)))
     assert not report_sshable(_ctx(tmp_path, FakeKeygen(), None))
 
 
@@ -392,7 +367,7 @@ def test_kernel_refusing_a_tuning_value_is_logged_not_retried(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     _fake_sysfs(tmp_path)
-    ctx = _ctx(tmp_path, FakeKeygen(), FakeAttributes())
+    ctx = _ctx(tmp_path, FakeKeygen(), RecordingGuestAttributes())
     planned = InstanceSetupSubsystem().plan(ctx, META)
     # between observing and writing, the attribute stops accepting writes (EISDIR here;
     # EINVAL or ENOENT on a real kernel)

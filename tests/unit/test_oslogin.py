@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
@@ -12,6 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from guestagent.adapters.fakes import FixedClock, RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.domain import oslogin
@@ -210,37 +210,19 @@ def test_service_commands_only_for_units_that_exist() -> None:
 # ---- the subsystem, on a sandbox directory, with a runner that records instead of running
 
 
-class RecordingRunner:
-    def __init__(self, answers: Mapping[str, CommandResult] | None = None) -> None:
-        self.calls: list[tuple[str, ...]] = []
-        self.answers = dict(answers or {})
+def _runner(answers: Mapping[str, CommandResult] | None = None) -> RecordingRunner:
+    """Programs live in /usr/sbin; `systemctl show` finds every unit loaded but sshd.service;
+    `answers` gives a program (by name) its own result, everything else succeeds."""
 
-    def which(self, program: str) -> str | None:
-        return f"/usr/sbin/{program}"
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: str | None = None,
-    ) -> CommandResult:
-        self.calls.append(tuple(argv))
+    def respond(argv: tuple[str, ...]) -> CommandResult | None:
         name = argv[0].rsplit("/", 1)[-1]
         if name == "systemctl" and argv[1] == "show":
             units = [a for a in argv[2:] if a.endswith(".service")]
             text = "\n\n".join(f"Id={u}\nLoadState=loaded" for u in units if u != "sshd.service")
-            return CommandResult(tuple(argv), 0, text + "\n", "")
-        return self.answers.get(name, CommandResult(tuple(argv), 0, "", ""))
+            return CommandResult(argv, 0, text + "\n", "")
+        return (answers or {}).get(name)
 
-
-class FixedClock:
-    def now(self) -> datetime:
-        return datetime(2026, 1, 1, tzinfo=UTC)
-
-    def monotonic(self) -> float:
-        return 0.0
+    return RecordingRunner(respond=respond, which=lambda program: f"/usr/sbin/{program}")
 
 
 def _sandbox(tmp_path: Path) -> LocalFileSystem:
@@ -272,7 +254,7 @@ def _texts(tmp_path: Path) -> list[str]:
 
 def test_enable_checks_sshd_config_then_reloads_sshd_and_caches_once(tmp_path: Path) -> None:
     fs = _sandbox(tmp_path)
-    runner = RecordingRunner()
+    runner = _runner()
     # root "/" as far as the subsystem knows: the runner is the only thing that "restarts"
     outcome = OsLoginSubsystem().reconcile(_ctx(fs, runner, "/"), _meta(True))
     assert outcome.ok, outcome.failures
@@ -298,7 +280,7 @@ def test_enable_checks_sshd_config_then_reloads_sshd_and_caches_once(tmp_path: P
 def test_disable_restores_originals_and_sandbox_root_restarts_nothing(tmp_path: Path) -> None:
     fs = _sandbox(tmp_path)
     before = _texts(tmp_path)
-    runner = RecordingRunner()
+    runner = _runner()
     subsystem = OsLoginSubsystem()
     subsystem.reconcile(_ctx(fs, runner, str(tmp_path), cert=True), _meta(True))
     assert _texts(tmp_path) != before
@@ -313,7 +295,7 @@ def test_sshd_config_rejected_by_sshd_t_is_not_written_and_sshd_not_reloaded(
 ) -> None:
     fs = _sandbox(tmp_path)
     bad = CommandResult(("sshd",), 255, "", "line 2: Bad configuration option: Foo\n")
-    runner = RecordingRunner({"sshd": bad})
+    runner = _runner({"sshd": bad})
     with caplog.at_level(logging.ERROR):
         outcome = OsLoginSubsystem().reconcile(_ctx(fs, runner, "/"), _meta(True))
     assert not outcome.ok
@@ -330,7 +312,7 @@ def test_missing_privsep_dir_alone_counts_as_a_passing_check(tmp_path: Path) -> 
     fs = _sandbox(tmp_path)
     privsep = CommandResult(("sshd",), 255, "", "Missing privilege separation directory: /run/sshd\n")
     outcome = OsLoginSubsystem().reconcile(
-        _ctx(fs, RecordingRunner({"sshd": privsep}), str(tmp_path)), _meta(True)
+        _ctx(fs, _runner({"sshd": privsep}), str(tmp_path)), _meta(True)
     )
     assert outcome.ok
     assert oslogin.BLOCK_START in _texts(tmp_path)[0]
@@ -339,7 +321,7 @@ def test_missing_privsep_dir_alone_counts_as_a_passing_check(tmp_path: Path) -> 
 def test_dry_run_describes_and_writes_nothing(tmp_path: Path) -> None:
     fs = _sandbox(tmp_path)
     before = _texts(tmp_path)
-    runner = RecordingRunner()
+    runner = _runner()
     ctx = _ctx(fs, runner, "/")
     outcome = OsLoginSubsystem().reconcile(attrs.evolve(ctx, dry_run=True), _meta(True))
     assert "add OS Login settings to /etc/ssh/sshd_config" in outcome.actions

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from guestagent.adapters.fake_netlink import FakeNetlink
+from guestagent.adapters.fakes import RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.adapters.system_clock import SystemClock
@@ -16,7 +17,6 @@ from guestagent.domain.config import Config, Daemons, NetworkInterfaces
 from guestagent.domain.metadata import InstanceMetadata, NetworkInterface
 from guestagent.domain.nics import Link
 from guestagent.domain.routes import LocalRoute
-from guestagent.ports.commands import CommandResult
 from guestagent.ports.netlink import Netlink, NetlinkFailure
 from guestagent.services.context import Context
 from guestagent.services.nics import NicsSubsystem
@@ -25,24 +25,9 @@ from guestagent.services.routes import RoutesSubsystem
 MAC0, MAC1 = "42:01:0a:80:00:02", "42:01:0a:81:00:03"
 
 
-class Runner:
-    def __init__(self, fail: int = 0) -> None:
-        self.calls: list[tuple[str, ...]] = []
-        self.fail = fail
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: str | None = None,
-    ) -> CommandResult:
-        self.calls.append(tuple(argv))
-        return CommandResult(tuple(argv), self.fail, "", "no lease" if self.fail else "")
-
-    def which(self, program: str) -> str | None:
-        return None
+def dhcp_runner(fail: int = 0) -> RecordingRunner:
+    """Records the DHCP client runs; with `fail`, each exits with that status and "no lease"."""
+    return RecordingRunner(returncode=fail, stderr="no lease" if fail else "", which={})
 
 
 def kernel() -> FakeNetlink:
@@ -53,10 +38,10 @@ def kernel() -> FakeNetlink:
 
 
 def context(tmp_path: Path, netlink: Callable[[], Netlink] | None, config: Config | None = None,
-            runner: Runner | None = None, dry_run: bool = False) -> Context:
+            runner: RecordingRunner | None = None, dry_run: bool = False) -> Context:
     fs = LocalFileSystem(str(tmp_path))
     return Context(
-        config=config or Config(), fs=fs, runner=runner or Runner(), users=PasswdFiles(fs),
+        config=config or Config(), fs=fs, runner=runner or dhcp_runner(), users=PasswdFiles(fs),
         clock=SystemClock(), netlink=netlink, root=str(tmp_path), dry_run=dry_run,
     )
 
@@ -168,7 +153,7 @@ def test_routes_inputs_ignore_unrelated_metadata() -> None:
 def test_secondary_nic_comes_up_and_gets_dhcp_primary_untouched(tmp_path: Path) -> None:
     nl = kernel()
     nl.add_link(Link(2, "eth0", MAC0, False))  # even a down primary stays as it is
-    runner = Runner()
+    runner = dhcp_runner()
     ctx = context(tmp_path, lambda: nl, Config(NetworkInterfaces=NetworkInterfaces(dhcp_command="dhclient -1")),
                   runner)
     out = NicsSubsystem().reconcile(ctx, metadata())
@@ -180,7 +165,7 @@ def test_secondary_nic_comes_up_and_gets_dhcp_primary_untouched(tmp_path: Path) 
 
 def test_dhcp_runs_inside_the_namespace_the_agent_manages(tmp_path: Path) -> None:
     nl = FakeNetlink([Link(2, "eth0", MAC0, True), Link(3, "eth1", MAC1, True)], netns="gat-x")
-    runner = Runner()
+    runner = dhcp_runner()
     ctx = context(tmp_path, lambda: nl, Config(NetworkInterfaces=NetworkInterfaces(dhcp_command="dhclient")),
                   runner)
     NicsSubsystem().reconcile(ctx, metadata())
@@ -190,7 +175,7 @@ def test_dhcp_runs_inside_the_namespace_the_agent_manages(tmp_path: Path) -> Non
 def test_link_that_will_not_come_up_gets_no_dhcp(tmp_path: Path) -> None:
     nl = kernel()
     nl.fail_on.add("eth1")
-    runner = Runner()
+    runner = dhcp_runner()
     ctx = context(tmp_path, lambda: nl, Config(NetworkInterfaces=NetworkInterfaces(dhcp_command="dhclient")),
                   runner)
     out = NicsSubsystem().reconcile(ctx, metadata())
@@ -200,7 +185,7 @@ def test_link_that_will_not_come_up_gets_no_dhcp(tmp_path: Path) -> None:
 
 def test_failed_dhcp_is_reported(tmp_path: Path) -> None:
     ctx = context(tmp_path, kernel, Config(NetworkInterfaces=NetworkInterfaces(dhcp_command="dhclient")),
-                  Runner(fail=2))
+                  dhcp_runner(fail=2))
     out = NicsSubsystem().reconcile(ctx, metadata())
     assert out.failures == ("run DHCP on eth1: dhclient eth1 failed: exit 2: no lease",)
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import attrs
 
+from guestagent.adapters.fakes import FixedClock
 from guestagent.domain.config import Config
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.services.context import Context
@@ -13,17 +14,6 @@ from guestagent.services.reconcile import Scheduler
 from guestagent.services.subsystem import Outcome
 
 T0 = datetime(2026, 11, 23, tzinfo=UTC)
-
-
-@attrs.define
-class Clock:
-    at: datetime = T0
-
-    def now(self) -> datetime:
-        return self.at
-
-    def monotonic(self) -> float:
-        return 0.0
 
 
 @attrs.define
@@ -49,7 +39,7 @@ class Probe:
         return Outcome(self.name, failures=("nope",) if self.fail else (), wake_at=wake)
 
 
-def ctx(clock: Clock) -> Context:
+def ctx(clock: FixedClock) -> Context:
     return Context(config=Config(), fs=None, runner=None, users=None, clock=clock)  # type: ignore[arg-type]
 
 
@@ -58,7 +48,7 @@ def md(**attrs_: str) -> InstanceMetadata:
 
 
 def test_only_subsystems_whose_inputs_changed_run_again() -> None:
-    clock = Clock()
+    clock = FixedClock(T0)
     a, b = Probe("a", "ka"), Probe("b", "kb")
     scheduler = Scheduler([a, b])
     scheduler.run_due(ctx(clock), md(ka="1", kb="1"))
@@ -68,7 +58,7 @@ def test_only_subsystems_whose_inputs_changed_run_again() -> None:
 
 
 def test_a_crashing_subsystem_does_not_stop_the_others() -> None:
-    clock = Clock()
+    clock = FixedClock(T0)
     bad, good = Probe("bad", "k", crash=True), Probe("good", "k")
     outcomes = Scheduler([bad, good]).run_due(ctx(clock), md(k="1"))
     assert [o.subsystem for o in outcomes] == ["bad", "good"]
@@ -77,7 +67,7 @@ def test_a_crashing_subsystem_does_not_stop_the_others() -> None:
 
 
 def test_failures_are_retried_with_growing_delays() -> None:
-    clock = Clock()
+    clock = FixedClock(T0)
     flaky = Probe("flaky", "k", fail=True)
     scheduler = Scheduler([flaky])
     meta = md(k="1")
@@ -92,7 +82,7 @@ def test_failures_are_retried_with_growing_delays() -> None:
 
 
 def test_a_wake_time_runs_the_subsystem_without_a_change() -> None:
-    clock = Clock()
+    clock = FixedClock(T0)
     expiring = Probe("accounts", "k", wake_in=timedelta(seconds=30))
     scheduler = Scheduler([expiring])
     meta = md(k="1")

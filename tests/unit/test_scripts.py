@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import attrs
 import pytest
 
+from guestagent.adapters.fakes import FixedClock, RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.domain import scripts
@@ -96,7 +96,7 @@ def test_script_argv_quotes_only_when_needed() -> None:
 class FakeRunner:
     """Plays the script runner: 'fail' in the body exits 3, 'sleep' times out."""
 
-    clock: FakeClock
+    clock: FixedClock
     ran: list[tuple[str, bytes, float | None]] = attrs.field(factory=list)
 
     def run_script(
@@ -113,9 +113,9 @@ class FakeRunner:
         on_line(f"ran {body.decode()}")
         if b"sleep" in body:
             assert timeout is not None
-            self.clock.t += timeout
+            self.clock.advance(timeout)
             return ScriptResult(None, timed_out=True)
-        self.clock.t += 1
+        self.clock.advance(1)
         return ScriptResult(3 if b"fail" in body else 0)
 
 
@@ -129,31 +129,16 @@ class FakeFetcher:
         return self.bodies[url]
 
 
-@attrs.define
-class FakeClock:
-    t: float = 100.0
-
-    def now(self) -> datetime:
-        return datetime(2026, 1, 1, tzinfo=UTC)
-
-    def monotonic(self) -> float:
-        return self.t
+def _no_commands(argv: tuple[str, ...]) -> CommandResult | None:
+    raise AssertionError("scripts run through the ScriptRunner port only")
 
 
-class NoCommands:
-    def which(self, program: str) -> str | None:
-        return None
-
-    def run(self, argv: object, **kwargs: object) -> CommandResult:
-        raise AssertionError("scripts run through the ScriptRunner port only")
-
-
-def _ctx(tmp_path: Path, clock: FakeClock, **opts: object) -> Context:
+def _ctx(tmp_path: Path, clock: FixedClock, **opts: object) -> Context:
     fs = LocalFileSystem(str(tmp_path))
     return Context(
         config=Config(MetadataScripts=MetadataScripts(**opts)),  # type: ignore[arg-type]
         fs=fs,
-        runner=NoCommands(),  # type: ignore[arg-type]
+        runner=RecordingRunner(respond=_no_commands, which={}),
         users=PasswdFiles(fs),
         clock=clock,
     )
@@ -165,7 +150,7 @@ URL_META = _meta({"startup-script-url": "gs://b/first.sh", "startup-script": "ec
 def test_runs_in_order_and_logs_each_line_and_status(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = FakeClock()
+    clock = FixedClock(monotonic=100.0)
     runner = FakeRunner(clock)
     fetcher = FakeFetcher({"https://storage.googleapis.com/b/first.sh": b"echo first"})
     with caplog.at_level(logging.INFO, logger="guestagent"):
@@ -187,7 +172,7 @@ def test_runs_in_order_and_logs_each_line_and_status(
 def test_failing_or_unfetchable_script_never_stops_the_next(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = FakeClock()
+    clock = FixedClock(monotonic=100.0)
     runner = FakeRunner(clock)
     meta = _meta({"startup-script-url": "https://nowhere/x.sh", "startup-script": "fail"})
     with caplog.at_level(logging.INFO, logger="guestagent"):
@@ -202,7 +187,7 @@ def test_failing_or_unfetchable_script_never_stops_the_next(
 def test_shutdown_scripts_share_one_time_budget(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = FakeClock()
+    clock = FixedClock(monotonic=100.0)
     runner = FakeRunner(clock)
     meta = _meta({"shutdown-script-url": "https://h/a.sh", "shutdown-script": "echo late"})
     fetcher = FakeFetcher({"https://h/a.sh": b"sleep 1000"})
@@ -218,7 +203,7 @@ def test_shutdown_scripts_share_one_time_budget(
 
 @pytest.mark.parametrize("kind", ["startup", "shutdown"])
 def test_disabled_kind_runs_nothing(tmp_path: Path, kind: str) -> None:
-    clock = FakeClock()
+    clock = FixedClock(monotonic=100.0)
     runner = FakeRunner(clock)
     meta = _meta({f"{kind}-script": "echo x"})
     code = run_scripts(
@@ -228,7 +213,7 @@ def test_disabled_kind_runs_nothing(tmp_path: Path, kind: str) -> None:
 
 
 def test_dry_run_runs_nothing(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FixedClock(monotonic=100.0)
     runner = FakeRunner(clock)
     ctx = attrs.evolve(_ctx(tmp_path, clock), dry_run=True)
     assert run_scripts(ctx, URL_META, "startup", runner=runner, fetcher=FakeFetcher({})) == 0
@@ -236,6 +221,6 @@ def test_dry_run_runs_nothing(tmp_path: Path) -> None:
 
 
 def test_no_scripts_is_success(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FixedClock(monotonic=100.0)
     assert run_scripts(_ctx(tmp_path, clock), _meta({}), "startup", runner=FakeRunner(clock),
                        fetcher=FakeFetcher({})) == 0  # fmt: skip
