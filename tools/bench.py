@@ -170,17 +170,20 @@ def main() -> int:
 
             rows.append(bench_google(keys, args.changes, workdir))
     print(f"\n{args.users} users, {args.changes} single-key changes\n")
+    # As wide as the longest name: the peer's carries its Debian version.
+    width = max(34, *(len(row["agent"]) for row in rows))
     header = (
-        f"{'agent':34} {'provision':>10} {'proc/user':>10} {'react p50':>10} {'react p90':>10} {'RSS':>9}"
+        f"{'agent':{width}} {'provision':>10} {'proc/user':>10} {'react p50':>10} {'react p90':>10} "
+        f"{'RSS':>9}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         if "error" in row:
-            print(f"{row['agent']:34} {row['error']}")
+            print(f"{row['agent']:{width}} {row['error']}")
             continue
         print(
-            f"{row['agent']:34} {row['provision_s']:>9.2f}s {row.get('processes_per_user', '?'):>10} "
+            f"{row['agent']:{width}} {row['provision_s']:>9.2f}s {row.get('processes_per_user', '?'):>10} "
             f"{row['reaction_ms']['p50']:>8.1f}ms {row['reaction_ms']['p90']:>8.1f}ms "
             f"{row['rss_mib']:>6.1f}MiB"
         )
