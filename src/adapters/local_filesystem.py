@@ -13,12 +13,6 @@ from collections.abc import Callable
 from guestagent.ports.filesystem import FileInfo, UnsafePath
 
 
-def _fsync_dir(fd: int) -> None:
-    # A rename is durable only once its directory is flushed; some filesystems refuse, which is fine.
-    with contextlib.suppress(OSError):
-        os.fsync(fd)
-
-
 def _fix_owner(fd: int, uid: int, gid: int) -> None:
     st = os.fstat(fd)
     if (st.st_uid, st.st_gid) != (uid, gid):
@@ -133,6 +127,9 @@ class LocalFileSystem:
         check: Callable[[str], None] | None,
         dir_host_path: str | None,
     ) -> None:
+        # The data is flushed before the rename, so a crash leaves the old file or the whole new
+        # one, never a torn one. The directory is not flushed: losing the rename itself in a
+        # crash only means the old (valid) file stays, and the next pass writes it again.
         temp = f".{name}.{secrets.token_hex(4)}.tmp"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
         try:
@@ -152,4 +149,3 @@ class LocalFileSystem:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp, dir_fd=dir_fd)
             raise
-        _fsync_dir(dir_fd)

@@ -23,6 +23,8 @@ KEY_LINE_MAX = 16 * 1024
 # (it would read as an option to useradd). This is the old Python agent's
 # rule, which the Go agent relaxed to "not empty"; we keep the strict one.
 _USERNAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,31}")
+# Control characters other than tab (newline, CR and NUL are refused before this).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 # Names that exist on every Debian/RHEL base system. The passwd view adds the
 # machine's own accounts below UID_MIN at run time.
@@ -154,7 +156,7 @@ def parse_key_line(line: str) -> KeyLine:
         raise Invalid("empty key")
     if len(text) > KEY_LINE_MAX:
         raise Invalid(f"key line longer than {KEY_LINE_MAX} characters")
-    if not text.isascii() or any(c != "\t" and not c.isprintable() for c in text):
+    if not text.isascii() or _CONTROL.search(text):
         raise Invalid("key line has control or non-ASCII characters")
     options = ""
     first, rest = _split_options(text)

@@ -43,13 +43,17 @@ def observe_keys_file(ctx: Context, entry: PasswdEntry) -> KeysFileState:
     )
 
 
-def observe(ctx: Context, interesting: Iterable[str]) -> domain.AccountsCurrent:
-    """The guest's accounts; key files only for users metadata or the record mention."""
+def observe(
+    ctx: Context, interesting: Iterable[str], scope: frozenset[str] | None = None
+) -> domain.AccountsCurrent:
+    """The guest's accounts, and key files of the users metadata or the record mention.
+
+    With a scope, key files are read only for the users in it (see domain.plan).
+    """
     users = ctx.users.users()
     managed = domain.parse_managed_users(ctx.fs.read_text(domain.STATE_PATH))
-    keys_files = {
-        name: observe_keys_file(ctx, users[name]) for name in set(interesting) | managed if name in users
-    }
+    readers = set(interesting) | managed if scope is None else scope
+    keys_files = {name: observe_keys_file(ctx, users[name]) for name in readers if name in users}
     return domain.AccountsCurrent(
         users=users,
         groups=ctx.users.groups(),
@@ -117,7 +121,7 @@ class AccountsSubsystem:
         now = ctx.clock.now()
         want = self.desired(ctx, metadata)
         scope = self._scope(want, now)
-        have = observe(ctx, want.keys if scope is None else scope)
+        have = observe(ctx, want.keys, scope)
         planned = domain.plan(want, have, ctx.config.Accounts, scope)
         for note in planned.notes:
             self._note(ctx, note)
@@ -128,7 +132,7 @@ class AccountsSubsystem:
             wake = min(wake, want.next_expiry)
         if ctx.dry_run:
             return Outcome(self.name, tuple(a.describe() for a in planned.actions), wake_at=want.next_expiry)
-        done, failures = apply(ctx, planned.actions)
+        done, failures = apply(ctx, planned.actions, have.users)
         # Only a clean pass may narrow the next one: after a failure, look at everything again.
         self._settled = want.keys if not failures else None
         if not failures:
@@ -136,12 +140,15 @@ class AccountsSubsystem:
         return Outcome(self.name, tuple(done), tuple(failures), wake_at=wake)
 
 
-def apply(ctx: Context, actions: Iterable[domain.Action]) -> tuple[list[str], list[str]]:
+def apply(
+    ctx: Context, actions: Iterable[domain.Action], known_users: Mapping[str, PasswdEntry] | None = None
+) -> tuple[list[str], list[str]]:
     """Carry out a plan; one user's failure never stops the others."""
     done: list[str] = []
     failures: list[str] = []
     failed_users: set[str] = set()
-    users: dict[str, PasswdEntry] | None = None  # re-read lazily after users are created
+    # passwd as observed; read again (lazily) once a user has been created
+    users: Mapping[str, PasswdEntry] | None = known_users
     config = ctx.config.Accounts
 
     def fail(message: str, user: str | None = None) -> None:
