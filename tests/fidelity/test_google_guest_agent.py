@@ -282,12 +282,16 @@ def test_enable_oslogin_round_trip(agent: AgentRun) -> None:
     )
     assert on, agent.diagnose()
     agent.sim.set("instance/attributes/enable-oslogin", "false")
+    # The Go agent restores group membership and keys in separate steps: wait for all of it.
     off = wait_until(
-        lambda: nsswitch.read_bytes() == before and "alice" in agent.group_members("google-sudoers"),
+        lambda: (
+            nsswitch.read_bytes() == before
+            and "alice" in agent.group_members("google-sudoers")
+            and _key_blob(KEY_BOB) in (agent.authorized_keys("alice") or "")
+        ),
         timeout=30,
     )
     assert off, agent.diagnose()
-    assert _key_blob(KEY_BOB) in (agent.authorized_keys("alice") or "")
 
 
 def test_startup_script_runner_runs_the_script(agent: AgentRun) -> None:
