@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://169.254.169.254/computeMetadata/v1/"
 FLAVOR = {"Metadata-Flavor": "Google"}
+# Guest-attribute writes run inside a reconcile pass, which SIGTERM waits for: a server that
+# swallows a PUT may hold the pass only briefly. A lost write is repeated by a later pass.
+WRITE_TIMEOUT = (1.0, 1.0)
 
 
 class Backoff:
@@ -153,9 +156,7 @@ class GceMetadata:
         url = self.base_url + "instance/guest-attributes/" + key
         try:
             with self._write_lock:
-                response = self._write_session.put(
-                    url, data=value.encode(), timeout=(self.connect_timeout, self.read_timeout)
-                )
+                response = self._write_session.put(url, data=value.encode(), timeout=WRITE_TIMEOUT)
         except requests.RequestException as exc:
             raise MetadataUnavailable(f"guest attribute write failed: {exc.__class__.__name__}") from exc
         if response.status_code != 200:

@@ -11,8 +11,8 @@ from guestagent.adapters.gce_metadata import DEFAULT_URL
 from guestagent.entrypoints import scripts_cmd
 from guestagent.entrypoints.composition import build
 from guestagent.entrypoints.oneshot import options_from, snapshot_or_report
-from guestagent.services.reconcile import run_one
-from guestagent.services.registry import all_subsystems
+from guestagent.services.reconcile import Scheduler
+from guestagent.services.registry import LANES, all_subsystems
 from guestagent.services.subsystem import Outcome
 
 EXIT_OK = 0
@@ -73,8 +73,10 @@ def run_once(args: argparse.Namespace, dry_run: bool) -> int:
     snapshot = snapshot_or_report(args, source, ctx.log)
     if snapshot is None:
         return EXIT_NO_METADATA
+    subsystems = all_subsystems()
+    enabled = {s.name for s in subsystems if s.enabled(ctx, snapshot.metadata)}
     outcomes = [
-        run_one(ctx, s, snapshot.metadata) for s in all_subsystems() if s.enabled(ctx, snapshot.metadata)
+        o for o in Scheduler(subsystems, LANES).run_due(ctx, snapshot.metadata) if o.subsystem in enabled
     ]
     _print(outcomes, dry_run)
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
@@ -96,7 +98,7 @@ def daemon(args: argparse.Namespace) -> int:
     from guestagent.entrypoints.daemon import Daemon
 
     ctx, source = build(options_from(args, False))
-    agent = Daemon(ctx, source, all_subsystems())
+    agent = Daemon(ctx, source, all_subsystems(), LANES)
     agent.install_signal_handlers()
     return agent.run()
 

@@ -31,10 +31,11 @@ class Daemon:
         ctx: Context,
         source: MetadataSource,
         subsystems: Sequence[Subsystem],
+        lanes: Sequence[Sequence[str]] = (),
     ) -> None:
         self.ctx = ctx
         self.source = source
-        self.scheduler = Scheduler(subsystems)
+        self.scheduler = Scheduler(subsystems, lanes)
         self.stop = threading.Event()
         self._snapshots: queue.Queue[Snapshot] = queue.Queue()
         self.passes = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import attrs
@@ -36,8 +37,14 @@ class _State:
 class Scheduler:
     """Runs a subsystem when its inputs changed, its wake time came, or its retry is due."""
 
-    def __init__(self, subsystems: Sequence[Subsystem]) -> None:
+    def __init__(self, subsystems: Sequence[Subsystem], lanes: Sequence[Sequence[str]] = ()) -> None:
+        """`lanes` groups subsystem names that must run one after the other, in that order
+        (NICs before routes); different lanes touch different files and run side by side,
+        so a slow host-key generation does not hold up account creation. A subsystem in no
+        lane gets a lane of its own."""
         self.subsystems = list(subsystems)
+        lane_of = {name: i for i, lane in enumerate(lanes) for name in lane}
+        self._lane = {s.name: lane_of.get(s.name, len(lanes) + i) for i, s in enumerate(self.subsystems)}
         self._state: dict[str, _State] = {s.name: _State() for s in self.subsystems}
 
     def due(self, metadata: InstanceMetadata, now: datetime) -> list[Subsystem]:
@@ -70,9 +77,9 @@ class Scheduler:
         times = [t for s in self._state.values() for t in (s.wake_at, s.retry_at) if t is not None]
         return min(times, default=None)
 
-    def run_due(self, ctx: Context, metadata: InstanceMetadata) -> list[Outcome]:
+    def _run_lane(self, ctx: Context, metadata: InstanceMetadata, lane: list[Subsystem]) -> list[Outcome]:
         outcomes = []
-        for subsystem in self.due(metadata, ctx.clock.now()):
+        for subsystem in lane:
             if not subsystem.enabled(ctx, metadata):
                 outcome = Outcome(subsystem.name)
             else:
@@ -80,3 +87,16 @@ class Scheduler:
             self.record(subsystem, metadata, outcome, ctx.clock.now())
             outcomes.append(outcome)
         return outcomes
+
+    def run_due(self, ctx: Context, metadata: InstanceMetadata) -> list[Outcome]:
+        """Run what is due, lanes side by side; outcomes come back in registry order."""
+        lanes: dict[int, list[Subsystem]] = {}
+        for subsystem in self.due(metadata, ctx.clock.now()):
+            lanes.setdefault(self._lane[subsystem.name], []).append(subsystem)
+        if len(lanes) <= 1:
+            results = [self._run_lane(ctx, metadata, lane) for lane in lanes.values()]
+        else:
+            with ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="lane") as pool:
+                results = list(pool.map(lambda lane: self._run_lane(ctx, metadata, lane), lanes.values()))
+        by_name = {o.subsystem: o for lane_outcomes in results for o in lane_outcomes}
+        return [by_name[s.name] for s in self.subsystems if s.name in by_name]

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from guestagent.services.subsystem import Subsystem
 
+# Subsystems in one lane run in this order; lanes run side by side (see Scheduler).
+# Accounts and OS Login share a lane: both decide who may log in.
+LANES = (("instance_setup",), ("accounts", "oslogin"), ("nics", "routes"), ("hostname",), ("clock",))
+
 
 def all_subsystems() -> list[Subsystem]:
     # Fresh instances each call: subsystems keep per-process memory (what was logged,
@@ -16,8 +20,7 @@ def all_subsystems() -> list[Subsystem]:
     from guestagent.services.oslogin import OsLoginSubsystem
     from guestagent.services.routes import RoutesSubsystem
 
-    # Host keys first (sshd may already be waiting), then who may log in; NICs
-    # before routes, because the kernel refuses a route on a link that is down.
+    # NICs before routes (same lane): the kernel refuses a route on a link that is down.
     return [
         InstanceSetupSubsystem(),
         AccountsSubsystem(),

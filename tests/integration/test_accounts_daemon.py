@@ -107,7 +107,7 @@ def test_watch_survives_a_bad_server_and_recovers(sandbox: Path, start_daemon, k
 def test_a_black_holed_poll_does_not_hold_shutdown(sandbox: Path, start_daemon) -> None:
     with Simulator(scenario({"alice": [ED25519]})) as sim:
         daemon = start_daemon(sim.url("gce"))
-        wait_until(lambda: read(sandbox / "home/alice/.ssh/authorized_keys") is not None, timeout=20)
+        wait_until(lambda: "watching for metadata changes" in daemon.log(), timeout=20)
         sim.add_fault("*", kind="blackhole")
         sim.set("instance/attributes/unrelated", "1")
         wait_until(lambda: sim.faults()[0]["hits"] >= 1, timeout=10)
@@ -122,5 +122,19 @@ def test_sigterm_while_the_first_request_hangs_exits_promptly(sandbox: Path, sta
         daemon = start_daemon(sim.url("gce"))
         wait_until(lambda: sim.faults()[0]["hits"] >= 1, timeout=10)  # the first GET is now held
         took = daemon.stop()
+    assert daemon.proc.returncode == 0
+    assert took < 2.0
+
+
+def test_a_swallowed_guest_attribute_write_does_not_hold_shutdown(sandbox: Path, start_daemon) -> None:
+    """SIGTERM waits for the pass under way; a PUT the server never answers keeps it short."""
+    with Simulator(scenario({"alice": [ED25519]})) as sim:
+        daemon = start_daemon(sim.url("gce"))
+        wait_until(lambda: "watching for metadata changes" in daemon.log(), timeout=20)
+        sim.add_fault("instance/guest-attributes/*", kind="blackhole", method="PUT")
+        sim.set("instance/attributes/ssh-keys", ssh_keys_value({"alice": [RSA]}))
+        wait_until(lambda: sim.faults()[0]["hits"] >= 1, timeout=10)  # the sshable PUT is held
+        took = daemon.stop()
+        assert read(sandbox / "home/alice/.ssh/authorized_keys") == f"{MARK}\n{RSA}\n"
     assert daemon.proc.returncode == 0
     assert took < 2.0

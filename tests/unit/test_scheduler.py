@@ -93,3 +93,33 @@ def test_a_wake_time_runs_the_subsystem_without_a_change() -> None:
     clock.at = T0 + timedelta(seconds=30)
     scheduler.run_due(ctx(clock), meta)
     assert expiring.runs == 2
+
+
+def test_lanes_run_side_by_side_and_keep_their_order_inside() -> None:
+    """Different lanes overlap (host keys need not wait for useradd); one lane keeps its order."""
+    import threading
+
+    met = threading.Event()
+    order: list[str] = []
+
+    @attrs.define
+    class Waiter(Probe):
+        def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
+            order.append(self.name)
+            # Only returns because the other lane runs at the same time and sets the event.
+            assert met.wait(timeout=5), "lanes did not run side by side"
+            return Outcome(self.name)
+
+    @attrs.define
+    class Setter(Probe):
+        def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
+            order.append(self.name)
+            met.set()
+            return Outcome(self.name)
+
+    nics, routes, keys = Setter("nics", "k"), Setter("routes", "k"), Waiter("keys", "k")
+    scheduler = Scheduler([keys, nics, routes], lanes=[("keys",), ("nics", "routes")])
+    outcomes = scheduler.run_due(ctx(FixedClock(T0)), md(k="1"))
+    assert [o.subsystem for o in outcomes] == ["keys", "nics", "routes"]  # registry order
+    assert all(o.ok for o in outcomes)
+    assert order.index("nics") < order.index("routes")
