@@ -72,3 +72,78 @@ def fidelity(session: nox.Session) -> None:
     """
     _install(session)
     session.run("pytest", "-m", "fidelity", "tests/fidelity", *session.posargs)
+
+
+# Debian packages the VM sessions need, by what they provide.
+VM_PACKAGES = (
+    "qemu-system-x86",
+    "qemu-utils",
+    "mmdebstrap",
+    "e2fsprogs",
+    "socat",
+    "openssh-client",
+    "podman",
+    "runc",
+)
+DEB_PACKAGES = ("dpkg-dev", "debhelper", "dh-python", "fakeroot", "python3-all")
+
+
+def _system_packages(session: nox.Session, packages: tuple[str, ...]) -> None:
+    """Install missing Debian packages with apt-get when root, else say exactly what is missing."""
+    import shutil
+    import subprocess
+
+    def installed(pkg: str) -> bool:
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True, check=False
+        )
+        return out.stdout.endswith("installed")
+
+    if shutil.which("dpkg-query") is None:
+        session.error(f"not a Debian system; install the equivalents of: {' '.join(packages)}")
+    missing = [p for p in packages if not installed(p)]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        session.error(f"missing Debian packages: {' '.join(missing)} (apt-get install them as root)")
+    session.log(f"installing missing Debian packages: {' '.join(missing)}")
+    session.run("apt-get", "update", "-q", external=True)
+    session.run("apt-get", "install", "-y", "--no-install-recommends", *missing, external=True)
+
+
+def _build_deb(session: nox.Session) -> str:
+    out = "build/deb"
+    session.run("python", "packaging/build_deb.py", "--out", out, silent=False)
+    debs = sorted(p for p in os.listdir(out) if p.endswith("_all.deb"))
+    return os.path.abspath(os.path.join(out, debs[-1]))
+
+
+@nox.session(python=PY)
+def deb(session: nox.Session) -> None:
+    """Build the guestagent .deb (dpkg-buildpackage) into build/deb/."""
+    _system_packages(session, DEB_PACKAGES)
+    session.log(f"built {_build_deb(session)}")
+
+
+@nox.session(python=PY)
+def vm(session: nox.Session) -> None:
+    """Boot the .deb in QEMU guests (TCG) against the simulator: real SSH logins, live key
+    changes, reboots, scripts, routes. Needs root. First run builds and caches the Debian
+    guest image and the QEMU container image (~2 min) under ~/.cache/guestagent/images;
+    later runs rebuild only the agent layer (~5 s) when the agent changed.
+    GUESTAGENT_VM_RUNNER=direct runs QEMU without Podman."""
+    _system_packages(session, VM_PACKAGES + DEB_PACKAGES)
+    _install(session)
+    deb_path = _build_deb(session)
+    session.run(
+        "pytest",
+        "-m",
+        "vm",
+        "-n",
+        "2",
+        "--dist",
+        "loadfile",
+        "tests/vm",
+        *session.posargs,
+        env={"GUESTAGENT_VM_DEB": deb_path},
+    )

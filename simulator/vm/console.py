@@ -25,6 +25,8 @@ import pexpect.fdpexpect
 
 # The autologin shell's prompt (the agent may rename the host, so any hostname).
 ROOT_PROMPT = re.compile(r"root@[\w.-]+:~# ")
+# Terminal control sequences (bash's bracketed paste, colours) are not output.
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class ConsoleSession:
@@ -58,7 +60,8 @@ class ConsoleSession:
         if not isinstance(match, re.Match):
             raise RuntimeError("console: no exit status")
         _, _, body = output.partition("\n")  # drop the echoed command line
-        return int(match.group(1)), body.replace("\r\n", "\n").strip()
+        text = ANSI.sub("", body).replace("\r\n", "\n").replace("\r", "")
+        return int(match.group(1)), text.strip()
 
 
 @contextlib.contextmanager

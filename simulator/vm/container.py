@@ -136,10 +136,14 @@ class ContainerRunner:
         self._base_url = base_url
         self._image = image
 
-    def start(self, spec: qemu.QemuSpec, shared: list[Path]) -> qemu.RunningQemu:
-        # Read at import time by testcontainers: the Ryuk reaper image cannot be pulled.
+    def start(self, spec: qemu.QemuSpec, shared: list[Path], readonly: list[Path]) -> qemu.RunningQemu:
+        # No Ryuk: its image cannot be pulled. testcontainers reads the variable at
+        # import time, so set the loaded config too in case it was imported already.
         os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
+        from testcontainers.core.config import testcontainers_config
         from testcontainers.core.container import DockerContainer
+
+        testcontainers_config.ryuk_disabled = True
 
         container = DockerContainer(
             self._image, docker_client_kw={"environment": {"DOCKER_HOST": self._base_url}}
@@ -148,6 +152,8 @@ class ContainerRunner:
         container.with_kwargs(network_mode="host")
         for directory in shared:
             container.with_volume_mapping(str(directory), str(directory), mode="rw")
+        for directory in readonly:
+            container.with_volume_mapping(str(directory), str(directory), mode="ro")
         container.start()
         log = spec.files.directory / "qemu.log"
         running = ContainerQemu(container, log)

@@ -34,11 +34,12 @@ class Vm:
         *,
         workdir: Path | None = None,
         keep_dir: Path | None = None,
+        ssh_port: int | None = None,
     ) -> None:
         self.image = image
         self.metadata_port = metadata_port
         self.runner = runner
-        self.ssh_port = qemu.free_port()
+        self.ssh_port = ssh_port or qemu.free_port()
         # Short path: a unix socket path must stay under 108 bytes.
         self.files = qemu.VmFiles(Path(tempfile.mkdtemp(prefix="ga-vm-", dir=workdir)))
         self.keep_dir = keep_dir
@@ -64,7 +65,7 @@ class Vm:
             raise RuntimeError("VM already running")
         self.files.console_socket.unlink(missing_ok=True)
         self.started_at = time.monotonic()
-        self._qemu = self.runner.start(self.spec(), [self.files.directory, self.image.directory])
+        self._qemu = self.runner.start(self.spec(), [self.files.directory], [self.image.directory])
         self.boots += 1
 
     def wait_for_ssh(self, timeout: float = 300) -> float:
@@ -91,10 +92,17 @@ class Vm:
         if self._qemu is None:
             return
         if self._qemu.running():
-            self.ssh("systemctl poweroff", check=False, timeout=30)
+            try:
+                asked = self.ssh("systemctl poweroff", check=False, timeout=30).returncode != 255
+            except subprocess.TimeoutExpired:
+                asked = True  # the connection died with sshd: the shutdown is under way
+            if not asked:
+                # No SSH (say sshd never started): the console still takes commands.
+                with contextlib.suppress(Exception):
+                    self.console_run("systemctl poweroff", timeout=10)
             if not self._qemu.wait(timeout):
                 raise TimeoutError(f"guest did not power off in {timeout} s")
-        self._detach()
+        self.kill()
 
     def reboot(self, timeout: float = 300) -> float:
         """Power off and boot again on the same disk, same ports; seconds to SSH."""
@@ -102,9 +110,10 @@ class Vm:
         return self.boot(timeout)
 
     def kill(self) -> None:
+        """Stop QEMU now (no clean shutdown) and release it (a container is removed)."""
         if self._qemu is not None:
             self._qemu.kill()
-        self._detach()
+        self._qemu = None
 
     def close(self) -> None:
         try:
@@ -124,11 +133,11 @@ class Vm:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _detach(self) -> None:
-        self._qemu = None
+    def running(self) -> bool:
+        return self._qemu is not None and self._qemu.running()
 
     def _check_alive(self) -> None:
-        if self._qemu is None or not self._qemu.running():
+        if not self.running():
             raise RuntimeError(f"QEMU is not running; serial log:\n{self.serial_tail()}")
 
     # -- inside the guest ----------------------------------------------------

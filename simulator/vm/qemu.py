@@ -153,8 +153,9 @@ class RunningQemu(Protocol):
 class Runner(Protocol):
     name: str
 
-    def start(self, spec: QemuSpec, shared: list[Path]) -> RunningQemu:
-        """Start QEMU with `spec`; `shared` are directories it must see at the same paths."""
+    def start(self, spec: QemuSpec, shared: list[Path], readonly: list[Path]) -> RunningQemu:
+        """Start QEMU with `spec`; it must see `shared` (read-write) and `readonly`
+        (the cached image) at the same paths as this process."""
         ...
 
 
@@ -192,7 +193,7 @@ class DirectRunner:
 
     name = "direct"
 
-    def start(self, spec: QemuSpec, shared: list[Path]) -> RunningQemu:
+    def start(self, spec: QemuSpec, shared: list[Path], readonly: list[Path]) -> RunningQemu:
         log = spec.files.directory / "qemu.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(

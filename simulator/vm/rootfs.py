@@ -87,7 +87,9 @@ ExecStartPre=/usr/sbin/sshd -t
 SSHD
 
 # Nothing periodic that would compete for the emulated CPU during a test.
-for unit in apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer fstrim.timer; do
+# No VGA either (-nodefaults): no gettys on virtual terminals.
+for unit in apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
+    fstrim.timer e2scrub_reap.service getty-static.service getty@.service; do
   ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done
 # A guest under test never waits for a network that will not come.
@@ -155,4 +157,8 @@ def ensure_rootfs(spec: RootfsSpec, cache_dir: Path, *, quiet: bool = False) -> 
                 partial.rename(final)
             finally:
                 partial.unlink(missing_ok=True)
+        # A changed spec makes the older tarballs of this name dead weight (~400 MB).
+        for stale in cache_dir.glob(f"{spec.name}-*.tar"):
+            if stale != final:
+                stale.unlink(missing_ok=True)
     return final

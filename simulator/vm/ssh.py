@@ -66,20 +66,32 @@ def can_login(port: int, user: str, key: Path) -> bool:
     return run(port, user, key, "true", timeout=30).returncode == 0
 
 
-def keyscan(port: int) -> dict[str, str]:
-    """The host keys the guest's sshd offers, as {key type: base64 blob}."""
-    result = subprocess.run(
-        ["ssh-keyscan", "-p", str(port), "-T", "10", "127.0.0.1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+KEYSCAN_TYPES = ("ed25519", "ecdsa", "rsa")
+
+
+def keyscan(port: int, types: tuple[str, ...] = KEYSCAN_TYPES, attempts: int = 3) -> dict[str, str]:
+    """The host keys the guest's sshd offers, as {key type: base64 blob}.
+
+    One type per scan, retried: ssh-keyscan opens one connection per type at
+    once, and under TCG a slow sshd lets one of them time out, which would
+    look like a missing key.
+    """
     keys: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) >= 3:
-            keys[parts[1]] = parts[2]
+    for key_type in types:
+        for _ in range(attempts):
+            result = subprocess.run(
+                ["ssh-keyscan", "-p", str(port), "-T", "30", "-t", key_type, "127.0.0.1"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            found = [
+                line.split()
+                for line in result.stdout.splitlines()
+                if not line.startswith("#") and len(line.split()) >= 3
+            ]
+            if found:
+                keys.update({parts[1]: parts[2] for parts in found})
+                break
     return keys

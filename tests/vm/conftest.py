@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,29 +23,44 @@ from guestsim.vm import cache, image, machine, ssh
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("qemu-system-x86_64", "qemu-img", "mmdebstrap", "mkfs.ext4", "socat", "ssh", "ssh-keyscan")
-TIMINGS: list[tuple[str, str]] = []
+REPORT_ENV = "GUESTAGENT_VM_REPORT"
+OWN_REPORT = pytest.StashKey[str]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
-        if here in Path(str(item.fspath)).parents:
+        path = Path(str(item.fspath))
+        if here in path.parents:
             item.add_marker(pytest.mark.vm)
+            # A module's tests share one VM and run in file order: keep them on
+            # one xdist worker under --dist loadgroup (./dev test) as under loadfile.
+            item.add_marker(pytest.mark.xdist_group(f"vm-{path.stem}"))
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if TIMINGS:
+def pytest_configure(config: pytest.Config) -> None:
+    # Timings are written to a file so that xdist workers' figures reach the
+    # controller's summary; the workers inherit this variable.
+    if REPORT_ENV not in os.environ and not hasattr(config, "workerinput"):
+        fd, path = tempfile.mkstemp(prefix="guestagent-vm-timings-", suffix=".md")
+        os.close(fd)
+        os.environ[REPORT_ENV] = path
+        config.stash[OWN_REPORT] = path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    report = Path(os.environ.get(REPORT_ENV, "/nonexistent"))
+    if report.exists() and report.stat().st_size:
         terminalreporter.section("VM timings")
-        for name, text in TIMINGS:
-            terminalreporter.write_line(f"{name}: {text}")
+        terminalreporter.write(report.read_text())
+    own = config.stash.get(OWN_REPORT, None)
+    if own:
+        Path(own).unlink(missing_ok=True)
 
 
 def record_timing(name: str, text: str) -> None:
-    TIMINGS.append((name, text))
-    report = os.environ.get("GUESTAGENT_VM_REPORT")
-    if report:
-        with open(report, "a") as f:
-            f.write(f"## {name}\n{text}\n\n")
+    with open(os.environ[REPORT_ENV], "a") as f:
+        f.write(f"## {name}\n{text}\n\n")
 
 
 @pytest.fixture(scope="session")
