@@ -282,6 +282,9 @@ def parser() -> argparse.ArgumentParser:
                                     "cpio"))
     m.add_argument("--scenario")
     m.add_argument("--out", required=True)
+    # Listed for --help; main() hands their arguments to guestsim.vm, which parses its own.
+    sub.add_parser("image", help="build (or find in the cache) the QEMU guest image: image build [--deb P]")
+    sub.add_parser("vm", help="boot one QEMU guest against a simulator: vm --metadata-port P")
     return p
 
 
@@ -293,6 +296,12 @@ HANDLERS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words and words[0] in ("image", "vm"):
+        # Imported only here: the VM harness pulls in pexpect and testcontainers.
+        from .vm import image, run
+
+        return (image.main if words[0] == "image" else run.main)(words[1:])
     args = parser().parse_args(argv)
     if args.cmd == "serve":
         try:

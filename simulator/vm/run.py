@@ -23,7 +23,7 @@ from guestsim.vm import cache, image, machine, qemu
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m guestsim.vm.run", description=__doc__)
+    parser = argparse.ArgumentParser(prog="guestsim vm", description=__doc__)
     parser.add_argument("--metadata-port", type=int, required=True, help="the simulator's port on 127.0.0.1")
     parser.add_argument("--ssh-port", type=int, default=0, help="127.0.0.1 port for SSH (0: free)")
     parser.add_argument("--deb", type=Path, help="guestagent .deb (default: build from checkout)")

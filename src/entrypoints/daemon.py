@@ -23,6 +23,7 @@ TICK = 0.25
 # Without metadata at boot, tell systemd we are up after this long anyway, so
 # that sshd (ordered after us) is not held forever; provisioning continues.
 READY_ANYWAY_AFTER = 90.0
+FIRST_FETCH_BACKOFF_MAX = 3.0
 
 
 class Daemon:
@@ -70,7 +71,9 @@ class Daemon:
         return None
 
     def _first_snapshot(self) -> Snapshot | None:
-        backoff = Backoff(cap=getattr(self.source, "backoff_max", 30.0))
+        # At boot the metadata server is usually just late: retry at least every few
+        # seconds so provisioning follows soon after it answers.
+        backoff = Backoff(cap=min(FIRST_FETCH_BACKOFF_MAX, getattr(self.source, "backoff_max", 30.0)))
         started = time.monotonic()
         told_ready = False
         last_error = None

@@ -1,0 +1,3 @@
+from guestsim.cli import main
+
+raise SystemExit(main())
