@@ -152,6 +152,11 @@ class Vm:
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
         result = ssh.run(self.ssh_port, user, key or self.image.harness_key, command, timeout)
+        if check and result.returncode == 255:
+            # 255 is the login itself failing (a loaded emulated guest dropping the
+            # connection), not the command: one more try before calling it a failure.
+            time.sleep(2)
+            result = ssh.run(self.ssh_port, user, key or self.image.harness_key, command, timeout)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"{user}@guest: {command!r} exited {result.returncode}\n"

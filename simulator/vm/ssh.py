@@ -20,7 +20,8 @@ CLIENT_OPTIONS = (
     "-o",
     "GlobalKnownHostsFile=/dev/null",
     "-o",
-    "ConnectTimeout=5",
+    # Two emulated guests on two cores answer the SSH banner slowly; 5 s was seen to fail.
+    "ConnectTimeout=20",
     "-o",
     "LogLevel=ERROR",
 )

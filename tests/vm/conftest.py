@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,8 +22,8 @@ from guestsim.vm import cache, image, machine, ssh
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("qemu-system-x86_64", "qemu-img", "mmdebstrap", "mkfs.ext4", "socat", "ssh", "ssh-keyscan")
+# Set by tests/conftest.py in the pytest process that starts the xdist workers.
 REPORT_ENV = "GUESTAGENT_VM_REPORT"
-OWN_REPORT = pytest.StashKey[str]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -38,28 +37,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(f"vm-{path.stem}"))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Timings are written to a file so that xdist workers' figures reach the
-    # controller's summary; the workers inherit this variable.
-    if REPORT_ENV not in os.environ and not hasattr(config, "workerinput"):
-        fd, path = tempfile.mkstemp(prefix="guestagent-vm-timings-", suffix=".md")
-        os.close(fd)
-        os.environ[REPORT_ENV] = path
-        config.stash[OWN_REPORT] = path
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    report = Path(os.environ.get(REPORT_ENV, "/nonexistent"))
-    if report.exists() and report.stat().st_size:
-        terminalreporter.section("VM timings")
-        terminalreporter.write(report.read_text())
-    own = config.stash.get(OWN_REPORT, None)
-    if own:
-        Path(own).unlink(missing_ok=True)
-
-
 def record_timing(name: str, text: str) -> None:
-    with open(os.environ[REPORT_ENV], "a") as f:
+    path = os.environ.get(REPORT_ENV)
+    if path is None:  # run without the top-level conftest: no summary to feed
+        return
+    with open(path, "a") as f:
         f.write(f"## {name}\n{text}\n\n")
 
 
