@@ -77,7 +77,12 @@ class Vm:
         while time.monotonic() < deadline:
             self._check_alive()
             if ssh.can_login(self.ssh_port, "root", self.image.harness_key):
-                return time.monotonic() - self.started_at
+                mine = ssh.run(self.ssh_port, "root", self.image.harness_key,
+                               f"grep -qw {self.files.identity_arg} /proc/cmdline", timeout=60)
+                if mine.returncode == 1:
+                    raise RuntimeError(f"127.0.0.1:{self.ssh_port} answers for another VM")
+                if mine.returncode == 0:
+                    return time.monotonic() - self.started_at
             time.sleep(1)
         raise TimeoutError(
             f"no SSH login in {timeout} s\n{self.diagnose()}\nserial log:\n{self.serial_tail()}"

@@ -41,6 +41,12 @@ class VmFiles:
     directory: Path
 
     @property
+    def identity_arg(self) -> str:
+        """A kernel argument naming this VM, so the harness can tell it is logged into
+        this guest and not another one that answers on a recycled port."""
+        return f"guestsim.vm={self.directory.name}"
+
+    @property
     def overlay(self) -> Path:
         return self.directory / "disk.qcow2"
 
@@ -109,7 +115,7 @@ class QemuSpec:
             "-initrd",
             str(self.initrd),
             "-append",
-            KERNEL_APPEND,
+            f"{KERNEL_APPEND} {self.files.identity_arg}",
             "-drive",
             f"file={self.files.overlay},if=virtio,format=qcow2",
             "-netdev",

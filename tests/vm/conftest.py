@@ -32,8 +32,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         path = Path(str(item.fspath))
         if here in path.parents:
             item.add_marker(pytest.mark.vm)
-            # A module's tests share one VM and run in file order: keep them on
-            # one xdist worker under --dist loadgroup (./dev test) as under loadfile.
+            # A module's tests share one VM and depend on running in file order;
+            # ./dev test uses --dist loadfile, which keeps a file on one worker, in order.
             item.add_marker(pytest.mark.xdist_group(f"vm-{path.stem}"))
 
 
