@@ -39,7 +39,6 @@ class Daemon:
         self.scheduler = Scheduler(subsystems, lanes)
         self.stop = threading.Event()
         self._snapshots: queue.Queue[Snapshot] = queue.Queue()
-        self.passes = 0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.ctx.log.info("signal %d: stopping", signum)
@@ -102,7 +101,6 @@ class Daemon:
 
     def _pass(self, metadata: InstanceMetadata) -> list[Outcome]:
         outcomes = self.scheduler.run_due(self.ctx, metadata)
-        self.passes += 1
         for outcome in outcomes:
             for failure in outcome.failures:
                 self.ctx.log.error("%s: %s", outcome.subsystem, failure)

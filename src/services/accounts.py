@@ -13,6 +13,7 @@ from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.filesystem import UnsafePath
 from guestagent.services.context import Context
 from guestagent.services.instance_setup import report_sshable
+from guestagent.services.journal import ApplyJournal
 from guestagent.services.subsystem import Outcome
 
 COMMAND_TIMEOUT = 60.0
@@ -144,16 +145,14 @@ def apply(
     ctx: Context, actions: Iterable[domain.Action], known_users: Mapping[str, PasswdEntry] | None = None
 ) -> tuple[list[str], list[str]]:
     """Carry out a plan; one user's failure never stops the others."""
-    done: list[str] = []
-    failures: list[str] = []
+    journal = ApplyJournal(ctx.log)
     failed_users: set[str] = set()
     # passwd as observed; read again (lazily) once a user has been created
     users: Mapping[str, PasswdEntry] | None = known_users
     config = ctx.config.Accounts
 
     def fail(message: str, user: str | None = None) -> None:
-        failures.append(message)
-        ctx.log.error("%s", message)
+        journal.failed(message)
         if user is not None:
             failed_users.add(user)
 
@@ -193,9 +192,8 @@ def apply(
         except (OSError, UnsafePath, UnconfinedCommand, ValueError) as exc:
             fail(f"{action.describe()} failed: {exc}", user)
             continue
-        done.append(action.describe())
-        ctx.log.info("%s", action.describe())
-    return done, failures
+        journal.did(action)
+    return journal.result()
 
 
 def _run_commands(ctx: Context, action: domain.Action, config: AccountsConfig) -> str | None:

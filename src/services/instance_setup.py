@@ -10,6 +10,7 @@ from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.filesystem import UnsafePath
 from guestagent.ports.metadata import MetadataUnavailable
 from guestagent.services.context import Context
+from guestagent.services.journal import ApplyJournal
 from guestagent.services.subsystem import Outcome
 
 KEYGEN_TIMEOUT = 120.0  # large RSA keys on a slow first boot with little entropy
@@ -135,8 +136,7 @@ def apply(ctx: Context, actions: Iterable[domain.Action]) -> tuple[list[str], li
     The instance id is recorded even when a key type failed (as Google's agent
     does): otherwise every restart would regenerate the keys that did work.
     """
-    done: list[str] = []
-    failures: list[str] = []
+    journal = ApplyJournal(ctx.log)
     for action in actions:
         try:
             if isinstance(action, domain.GenerateHostKey):
@@ -147,10 +147,9 @@ def apply(ctx: Context, actions: Iterable[domain.Action]) -> tuple[list[str], li
                 ctx.fs.write_atomic(action.path, action.instance_id, mode=0o644)
             elif isinstance(action, domain.PublishHostKeys):
                 errors = publish_host_keys(ctx)
+                for error in errors:
+                    journal.failed(error)
                 if errors:
-                    failures += errors
-                    for error in errors:
-                        ctx.log.error("%s", error)
                     continue
             elif ctx.sysfs is not None:
                 try:
@@ -161,12 +160,10 @@ def apply(ctx: Context, actions: Iterable[domain.Action]) -> tuple[list[str], li
                     ctx.log.warning("%s failed: %s", action.describe(), exc)
                     continue
         except (OSError, UnsafePath, ValueError) as exc:
-            failures.append(f"{action.describe()} failed: {exc}")
-            ctx.log.error("%s failed: %s", action.describe(), exc)
+            journal.failed(f"{action.describe()} failed: {exc}")
             continue
-        done.append(action.describe())
-        ctx.log.info("%s", action.describe())
-    return done, failures
+        journal.did(action)
+    return journal.result()
 
 
 class InstanceSetupSubsystem:

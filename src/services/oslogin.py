@@ -8,6 +8,7 @@ from guestagent.domain import oslogin as domain
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.filesystem import UnsafePath
 from guestagent.services.context import Context
+from guestagent.services.journal import ApplyJournal
 from guestagent.services.subsystem import Outcome
 
 COMMAND_TIMEOUT = 60.0
@@ -96,8 +97,7 @@ def apply(ctx: Context, actions: Iterable[domain.Action]) -> tuple[list[str], li
     When the sshd_config edit is refused, sshd is not reloaded: it keeps
     running on the file it already has.
     """
-    done: list[str] = []
-    failures: list[str] = []
+    journal = ApplyJournal(ctx.log)
     sshd_written = False
     written_any = False
     for action in actions:
@@ -109,8 +109,7 @@ def apply(ctx: Context, actions: Iterable[domain.Action]) -> tuple[list[str], li
                     check=check,
                 )
             except (OSError, UnsafePath, ValueError) as exc:
-                failures.append(f"{action.describe()} failed: {exc}")
-                ctx.log.error("%s failed: %s", action.describe(), exc)
+                journal.failed(f"{action.describe()} failed: {exc}")
                 continue
             written_any = True
             sshd_written = sshd_written or action.path == domain.SSHD_CONFIG
@@ -120,12 +119,10 @@ def apply(ctx: Context, actions: Iterable[domain.Action]) -> tuple[list[str], li
             action = domain.RestartServices(action.reload_sshd and sshd_written, action.restart)
             error = _restart(ctx, action)
             if error is not None:
-                failures.append(error)
-                ctx.log.error("%s", error)
+                journal.failed(error)
                 continue
-        done.append(action.describe())
-        ctx.log.info("%s", action.describe())
-    return done, failures
+        journal.did(action)
+    return journal.result()
 
 
 class OsLoginSubsystem:
