@@ -13,7 +13,7 @@ from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.filesystem import UnsafePath
 from guestagent.services.context import Context
 from guestagent.services.instance_setup import report_sshable
-from guestagent.services.journal import ApplyJournal
+from guestagent.services.journal import ApplyJournal, WarnOnce
 from guestagent.services.subsystem import Outcome
 
 COMMAND_TIMEOUT = 60.0
@@ -88,7 +88,7 @@ class AccountsSubsystem:
     name = "accounts"
 
     def __init__(self) -> None:
-        self._said: set[str] = set()
+        self._warnings = WarnOnce()
         # Desired keys as of the last pass that succeeded, and when the last full one ran.
         self._settled: Mapping[str, tuple[str, ...]] | None = None
         self._full_at: datetime | None = None
@@ -98,12 +98,6 @@ class AccountsSubsystem:
 
     def inputs(self, metadata: InstanceMetadata) -> object:
         return (metadata.ssh_keys, metadata.rejections, metadata.oslogin_enabled)
-
-    def _note(self, ctx: Context, message: str) -> None:
-        # The daemon plans on every change; the same refusal is worth one line, not one per event.
-        if message not in self._said:
-            self._said.add(message)
-            ctx.log.warning("%s", message)
 
     def desired(self, ctx: Context, metadata: InstanceMetadata) -> domain.AccountsDesired:
         want = domain.desired(metadata, ctx.clock.now())
@@ -125,7 +119,7 @@ class AccountsSubsystem:
         have = observe(ctx, want.keys, scope)
         planned = domain.plan(want, have, ctx.config.Accounts, scope)
         for note in planned.notes:
-            self._note(ctx, note)
+            self._warnings.warn(ctx.log, note)
         full_at = now if scope is None or self._full_at is None else self._full_at
         self._full_at = full_at
         wake = full_at + FULL_PASS_EVERY

@@ -8,6 +8,7 @@ from guestagent.domain import hostname as domain
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.filesystem import UnsafePath
 from guestagent.services.context import Context
+from guestagent.services.journal import ApplyJournal, WarnOnce
 from guestagent.services.subsystem import Outcome
 
 COMMAND_TIMEOUT = 30.0
@@ -42,7 +43,7 @@ class HostnameSubsystem:
     name = "hostname"
 
     def __init__(self) -> None:
-        self._said: set[str] = set()
+        self._warnings = WarnOnce("hostname: ")
 
     def enabled(self, ctx: Context, metadata: InstanceMetadata) -> bool:
         return ctx.config.InstanceSetup.set_hostname
@@ -66,13 +67,10 @@ class HostnameSubsystem:
     def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
         planned = self.plan(ctx, metadata)
         for note in planned.notes:
-            if note not in self._said:
-                self._said.add(note)
-                ctx.log.warning("hostname: %s", note)
+            self._warnings.warn(ctx.log, note)
         if ctx.dry_run:
             return Outcome(self.name, tuple(a.describe() for a in planned.actions))
-        done: list[str] = []
-        failures: list[str] = []
+        journal = ApplyJournal(ctx.log, "hostname: ")
         for action in planned.actions:
             error: str | None = None
             try:
@@ -83,11 +81,10 @@ class HostnameSubsystem:
             except (OSError, UnsafePath) as exc:
                 error = str(exc)
             if error is not None:
-                failures.append(f"{action.describe()} failed: {error}")
-                ctx.log.error("hostname: %s failed: %s", action.describe(), error)
+                journal.failed(f"{action.describe()} failed: {error}")
                 continue
-            done.append(action.describe())
-            ctx.log.info("hostname: %s", action.describe())
+            journal.did(action)
+        done, failures = journal.result()
         return Outcome(self.name, tuple(done), tuple(failures))
 
 

@@ -6,6 +6,7 @@ from guestagent.domain import nics as domain
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.netlink import Netlink, NetlinkFailure
 from guestagent.services.context import Context
+from guestagent.services.journal import ApplyJournal, WarnOnce
 from guestagent.services.routes import recheck_at
 from guestagent.services.subsystem import Outcome
 
@@ -16,7 +17,7 @@ class NicsSubsystem:
     name = "nics"
 
     def __init__(self) -> None:
-        self._said: set[str] = set()
+        self._warnings = WarnOnce("nics: ")
 
     def enabled(self, ctx: Context, metadata: InstanceMetadata) -> bool:
         return ctx.netlink is not None and domain.nics_enabled(ctx.config)
@@ -32,9 +33,7 @@ class NicsSubsystem:
             try:
                 planned = domain.plan(metadata, netlink.links(), ctx.config.NetworkInterfaces)
                 for note in planned.notes:
-                    if note not in self._said:
-                        self._said.add(note)
-                        ctx.log.warning("nics: %s", note)
+                    self._warnings.warn(ctx.log, note)
                 wake = recheck_at(ctx, planned.missing)
                 if ctx.dry_run:
                     return Outcome(self.name, tuple(a.describe() for a in planned.actions), wake_at=wake)
@@ -57,8 +56,7 @@ def in_namespace(netlink: Netlink, argv: tuple[str, ...]) -> tuple[str, ...]:
 def apply(
     ctx: Context, netlink: Netlink, actions: tuple[domain.Action, ...]
 ) -> tuple[list[str], list[str]]:
-    done: list[str] = []
-    failures: list[str] = []
+    journal = ApplyJournal(ctx.log, "nics: ")
     failed: set[str] = set()
     for action in actions:
         if action.interface in failed:
@@ -75,12 +73,10 @@ def apply(
             error = None if result.ok else f"exit {result.returncode}: {result.stderr.strip()[:300]}"
         if error is not None:
             failed.add(action.interface)
-            failures.append(f"{action.describe()} failed: {error}")
-            ctx.log.error("nics: %s failed: %s", action.describe(), error)
+            journal.failed(f"{action.describe()} failed: {error}")
             continue
-        done.append(action.describe())
-        ctx.log.info("nics: %s", action.describe())
-    return done, failures
+        journal.did(action)
+    return journal.result()
 
 
 SUBSYSTEM = NicsSubsystem()

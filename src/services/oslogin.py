@@ -8,7 +8,7 @@ from guestagent.domain import oslogin as domain
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.filesystem import UnsafePath
 from guestagent.services.context import Context
-from guestagent.services.journal import ApplyJournal
+from guestagent.services.journal import ApplyJournal, WarnOnce
 from guestagent.services.subsystem import Outcome
 
 COMMAND_TIMEOUT = 60.0
@@ -129,7 +129,7 @@ class OsLoginSubsystem:
     name = "oslogin"
 
     def __init__(self) -> None:
-        self._said: set[str] = set()
+        self._warnings = WarnOnce()
 
     def enabled(self, ctx: Context, metadata: InstanceMetadata) -> bool:
         # Always on: with OS Login off it is what removes the agent's blocks again.
@@ -144,9 +144,7 @@ class OsLoginSubsystem:
     def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
         planned = self.plan(ctx, metadata)
         for note in planned.notes:
-            if note not in self._said:
-                self._said.add(note)
-                ctx.log.warning("%s", note)
+            self._warnings.warn(ctx.log, note)
         if ctx.dry_run:
             return Outcome(self.name, tuple(a.describe() for a in planned.actions))
         done, failures = apply(ctx, planned.actions)

@@ -8,6 +8,7 @@ from guestagent.domain import routes as domain
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.netlink import Netlink, NetlinkFailure
 from guestagent.services.context import Context
+from guestagent.services.journal import ApplyJournal, WarnOnce
 from guestagent.services.subsystem import Outcome
 
 # A NIC metadata lists but the guest lacks may be hot-plugged (or renamed by udev)
@@ -23,7 +24,7 @@ class RoutesSubsystem:
     name = "routes"
 
     def __init__(self) -> None:
-        self._said: set[str] = set()
+        self._warnings = WarnOnce("routes: ")
 
     def enabled(self, ctx: Context, metadata: InstanceMetadata) -> bool:
         # No netlink factory means the composition root has no kernel to talk to
@@ -35,12 +36,6 @@ class RoutesSubsystem:
             (n.mac, n.forwarded_ips, n.forwarded_ipv6s, n.target_instance_ips, n.ip_aliases)
             for n in metadata.network_interfaces
         )
-
-    def _note(self, ctx: Context, message: str) -> None:
-        # The same refusal on every metadata event is worth one log line, not hundreds.
-        if message not in self._said:
-            self._said.add(message)
-            ctx.log.warning("routes: %s", message)
 
     def plan(self, ctx: Context, netlink: Netlink, metadata: InstanceMetadata) -> domain.RoutesPlan:
         want = domain.desired(metadata, ctx.config)
@@ -58,7 +53,7 @@ class RoutesSubsystem:
         try:
             planned = self.plan(ctx, netlink, metadata)
             for note in planned.notes:
-                self._note(ctx, note)
+                self._warnings.warn(ctx.log, note)
             wake = recheck_at(ctx, planned.missing)
             if ctx.dry_run:
                 return Outcome(self.name, tuple(a.describe() for a in planned.actions), wake_at=wake)
@@ -75,8 +70,7 @@ def apply(
     ctx: Context, netlink: Netlink, actions: tuple[domain.Action, ...]
 ) -> tuple[list[str], list[str]]:
     """Each route on its own: one the kernel refuses never keeps the others from being set."""
-    done: list[str] = []
-    failures: list[str] = []
+    journal = ApplyJournal(ctx.log, "routes: ")
     for action in actions:
         try:
             if isinstance(action, domain.AddRoute):
@@ -84,12 +78,10 @@ def apply(
             else:
                 netlink.delete_local_route(action.route)
         except NetlinkFailure as exc:
-            failures.append(f"{action.describe()} failed: {exc}")
-            ctx.log.error("routes: %s failed: %s", action.describe(), exc)
+            journal.failed(f"{action.describe()} failed: {exc}")
             continue
-        done.append(action.describe())
-        ctx.log.info("routes: %s", action.describe())
-    return done, failures
+        journal.did(action)
+    return journal.result()
 
 
 SUBSYSTEM = RoutesSubsystem()
