@@ -73,10 +73,8 @@ def run_once(args: argparse.Namespace, dry_run: bool) -> int:
     snapshot = snapshot_or_report(args, source, ctx.log)
     if snapshot is None:
         return EXIT_NO_METADATA
-    subsystems = all_subsystems()
-    enabled = {s.name for s in subsystems if s.enabled(ctx, snapshot.metadata)}
     outcomes = [
-        o for o in Scheduler(subsystems, LANES).run_due(ctx, snapshot.metadata) if o.subsystem in enabled
+        o for o in Scheduler(all_subsystems(), LANES).run_due(ctx, snapshot.metadata) if not o.skipped
     ]
     _print(outcomes, dry_run)
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
@@ -98,7 +96,7 @@ def daemon(args: argparse.Namespace) -> int:
     from guestagent.entrypoints.daemon import Daemon
 
     ctx, source = build(options_from(args, False))
-    agent = Daemon(ctx, source, all_subsystems(), LANES)
+    agent = Daemon(ctx, source, all_subsystems(), LANES, backoff_max=args.backoff_max)
     agent.install_signal_handlers()
     return agent.run()
 

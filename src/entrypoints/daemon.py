@@ -33,9 +33,12 @@ class Daemon:
         source: MetadataSource,
         subsystems: Sequence[Subsystem],
         lanes: Sequence[Sequence[str]] = (),
+        *,
+        backoff_max: float = 30.0,
     ) -> None:
         self.ctx = ctx
         self.source = source
+        self.backoff_max = backoff_max
         self.scheduler = Scheduler(subsystems, lanes)
         self.stop = threading.Event()
         self._snapshots: queue.Queue[Snapshot] = queue.Queue()
@@ -72,7 +75,7 @@ class Daemon:
     def _first_snapshot(self) -> Snapshot | None:
         # At boot the metadata server is usually just late: retry at least every few
         # seconds so provisioning follows soon after it answers.
-        backoff = Backoff(cap=min(FIRST_FETCH_BACKOFF_MAX, getattr(self.source, "backoff_max", 30.0)))
+        backoff = Backoff(cap=min(FIRST_FETCH_BACKOFF_MAX, self.backoff_max))
         started = time.monotonic()
         told_ready = False
         last_error = None

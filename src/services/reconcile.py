@@ -81,7 +81,7 @@ class Scheduler:
         outcomes = []
         for subsystem in lane:
             if not subsystem.enabled(ctx, metadata):
-                outcome = Outcome(subsystem.name)
+                outcome = Outcome(subsystem.name, skipped=True)
             else:
                 outcome = run_one(ctx, subsystem, metadata)
             self.record(subsystem, metadata, outcome, ctx.clock.now())

@@ -21,6 +21,8 @@ class Outcome:
     # The subsystem wants to run again at this time even without a metadata change
     # (an SSH key expiring, for instance).
     wake_at: datetime | None = None
+    # True when config (or metadata) had the subsystem switched off for this pass.
+    skipped: bool = False
 
     @property
     def ok(self) -> bool:
