@@ -108,7 +108,7 @@ def _system_packages(session: nox.Session, packages: tuple[str, ...]) -> None:
         session.error(f"missing Debian packages: {' '.join(missing)} (apt-get install them as root)")
     session.log(f"installing missing Debian packages: {' '.join(missing)}")
     session.run("apt-get", "update", "-q", external=True)
-    session.run("apt-get", "install", "-y", "--no-install-recommends", *missing, external=True)
+    session.run("apt-get", "install", "-y", *missing, external=True)
 
 
 def _build_deb(session: nox.Session) -> str:
