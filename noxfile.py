@@ -88,20 +88,31 @@ VM_PACKAGES = (
 DEB_PACKAGES = ("dpkg-dev", "debhelper", "dh-python", "fakeroot", "python3-all")
 
 
+#: dpkg's status of an installed package; any other status ("unknown ok not-installed",
+#: "deinstall ok config-files", "install ok half-configured", ...) means not installed.
+DPKG_INSTALLED = "install ok installed"
+
+
+def _dpkg_installed(pkg: str) -> bool:
+    """Whether dpkg has ``pkg`` installed, as ./dev decides it: its status is exactly
+    "install ok installed". A package dpkg has never heard of prints nothing (exit 1);
+    one with several architectures prints one status per line, and any installed one counts.
+    """
+    import subprocess
+
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}\n", pkg], capture_output=True, text=True, check=False
+    )
+    return DPKG_INSTALLED in out.stdout.splitlines()
+
+
 def _system_packages(session: nox.Session, packages: tuple[str, ...]) -> None:
     """Install missing Debian packages with apt-get when root, else say exactly what is missing."""
     import shutil
-    import subprocess
-
-    def installed(pkg: str) -> bool:
-        out = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True, check=False
-        )
-        return out.stdout.endswith("installed")
 
     if shutil.which("dpkg-query") is None:
         session.error(f"not a Debian system; install the equivalents of: {' '.join(packages)}")
-    missing = [p for p in packages if not installed(p)]
+    missing = [p for p in packages if not _dpkg_installed(p)]
     if not missing:
         return
     if os.geteuid() != 0:

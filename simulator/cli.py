@@ -168,7 +168,7 @@ def cmd_fault(args: argparse.Namespace) -> int:
     else:
         spec: dict[str, Any] = {"pattern": args.pattern, "kind": args.kind}
         for key in ("count", "status", "delay", "fraction", "period", "down", "platform",
-                    "method", "client"):
+                    "method", "client", "body", "content_type"):
             value = getattr(args, key)
             if value is not None:
                 spec[key] = value
@@ -269,6 +269,8 @@ def parser() -> argparse.ArgumentParser:
     fa.add_argument("--period", type=float)
     fa.add_argument("--down", choices=("status", "reset", "blackhole"))
     fa.add_argument("--steps", help="sequence kind: e.g. 503,503,reset,ok")
+    fa.add_argument("--body", help="body kind: the whole answer (sent 200 with the platform's headers)")
+    fa.add_argument("--content-type", help="body kind: its Content-Type (default application/json)")
     fa.add_argument("--platform")
     fa.add_argument("--method")
     fa.add_argument("--client")
@@ -295,7 +297,38 @@ HANDLERS = {
 }
 
 
+#: The extra that brings each third-party module the simulator imports (pyproject.toml);
+#: with the distribution's name where it differs from the module's.
+EXTRAS = {
+    "yaml": ("sim", "PyYAML"), "aiohttp": ("sim", "aiohttp"), "pycdlib": ("sim", "pycdlib"),
+    "pexpect": ("vm", "pexpect"), "testcontainers": ("vm", "testcontainers"),
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The one-line error for a third-party module that is not installed, or None when
+    ``exc`` is about a module of our own or of the standard library (a real bug)."""
+    top = (exc.name or "").partition(".")[0]
+    if not top or top in ("guestsim", "guestagent") or top in sys.stdlib_module_names:
+        return None
+    extra, dist = EXTRAS.get(top, ("sim", top))
+    named = f"'{top}'" if dist == top else f"'{top}' ({dist})"
+    return (f"guestsim: the Python module {named} is not installed; "
+            f"install it with: pip install 'guestagent[{extra}]'")
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     words = sys.argv[1:] if argv is None else argv
     if words and words[0] in ("image", "vm"):
         # Imported only here: the VM harness pulls in pexpect and testcontainers.

@@ -22,7 +22,7 @@ from .httpcore import Action, Response
 
 KINDS = (
     "latency", "status", "reset", "truncate", "html", "flavor", "blackhole", "flap", "sequence",
-    "ok",
+    "ok", "body",
 )
 
 CAPTIVE_PORTAL = (
@@ -48,6 +48,8 @@ class Fault:
     period: float = 1.0  # flap: seconds up, then seconds down
     down: str = "status"  # flap: what "down" means: status | reset | blackhole
     steps: list[dict[str, Any]] = field(default_factory=list)
+    body: str = ""  # body kind: the whole answer, sent 200 with the platform's headers
+    content_type: str = "application/json"  # body kind
     platform: str | None = None
     method: str | None = None
     client: str | None = None
@@ -167,6 +169,10 @@ def _verdict(f: Fault, headers: list[tuple[str, str]]) -> Verdict:
         # A captive portal: 200, HTML, and none of the platform's headers.
         return Verdict(f.delay, Response.text(200, CAPTIVE_PORTAL,
                                               content_type="text/html; charset=utf-8"))
+    if kind == "body":
+        # The platform itself answering with a document of the test's choosing (hostile
+        # nesting, wrong types, garbage): every header right, the content wrong.
+        return Verdict(f.delay, Response.text(200, f.body, headers, content_type=f.content_type))
     if kind == "truncate":
         return Verdict(f.delay, None, truncate=f.fraction)
     if kind == "flavor":

@@ -219,7 +219,8 @@ class Simulator:
     def add_fault(self, pattern: str, kind: str, **params: Any) -> int:
         """Inject a fault for paths matching `pattern`; returns its id.
         kinds: latency(delay) status(status) reset truncate(fraction) html
-        flavor(flavor=None|"Wrong") blackhole flap(period, down) sequence(steps);
+        flavor(flavor=None|"Wrong") blackhole flap(period, down) sequence(steps)
+        body(body, content_type: a 200 of the test's choosing with the platform's headers);
         every kind takes count, delay, platform, method, client."""
         fault = Fault(pattern=pattern, kind=kind, **params)
         return self.call(lambda: self.server.faults.add(fault))

@@ -146,13 +146,21 @@ def _measure(tar: Path, keys: list[str], changes: int, workdir: Path, out: dict[
 
 
 def installed_version(root: chroot_mod.Chroot) -> str:
-    """The package version dpkg installed in the rootfs (what actually runs)."""
+    """The package version dpkg installed in the rootfs (what actually runs).
+
+    Only a stanza whose status is exactly "install ok installed" counts (as ./dev and
+    noxfile.py decide it): a removed package keeps a "deinstall ok config-files" stanza
+    with its old version, and a half-installed one is not what runs.
+    """
     status = root.path("/var/lib/dpkg/status")
     for stanza in status.read_text(errors="replace").split("\n\n"):
         fields = dict(
             line.split(":", 1) for line in stanza.splitlines() if ":" in line and not line[0].isspace()
         )
-        if fields.get("Package", "").strip() == PACKAGE:
+        if (
+            fields.get("Package", "").strip() == PACKAGE
+            and fields.get("Status", "").strip() == "install ok installed"
+        ):
             return fields.get("Version", "?").strip()
     return "?"
 

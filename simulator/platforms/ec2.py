@@ -13,7 +13,9 @@ as `overrides: {ec2: {imds: {...}}}`):
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -49,13 +51,24 @@ def instance_id(scn: Scenario) -> str:
     return "i-" + hashlib.sha256(scn.instance_id.encode()).hexdigest()[:17]
 
 
+# An EC2 availability zone is its region plus one letter (eu-west-1a -> eu-west-1);
+# GCE's zones add "-a" instead, which the scenario's region_name strips.
+_EC2_ZONE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]+[a-z]")
+
+
+def region_of(scn: Scenario) -> str:
+    if scn.region is None and _EC2_ZONE.fullmatch(scn.zone):
+        return scn.zone[:-1]
+    return scn.region_name
+
+
 def ip_hostname(ip: str | None, region: str) -> str:
     suffix = "ec2.internal" if region == "us-east-1" else f"{region}.compute.internal"
     return f"ip-{(ip or ANY4).replace('.', '-')}.{suffix}"
 
 
 def render_tree(scn: Scenario) -> dict[str, Node]:
-    region = scn.region_name
+    region = region_of(scn)
     iid = instance_id(scn)
     primary = scn.interfaces[0] if scn.interfaces else None
     itype = scn.machine_type if "." in scn.machine_type else "t3.micro"
@@ -71,7 +84,9 @@ def render_tree(scn: Scenario) -> dict[str, Node]:
             "security-group-ids": "sg-0123456789abcdef0",
             "security-groups": "default",
             "subnet-id": f"subnet-{nic.subnet}",
-            "subnet-ipv4-cidr-block": f"{nic.ip or ANY4}/{nic.prefix}",
+            # The subnet's network address, as EC2 gives it (no host bits).
+            "subnet-ipv4-cidr-block": str(
+                ipaddress.ip_network(f"{nic.ip or ANY4}/{nic.prefix}", strict=False)),
             "vpc-id": f"vpc-{nic.network}",
         }
         if nic.public_ip:

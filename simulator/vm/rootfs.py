@@ -17,9 +17,12 @@ from guestsim.vm import cache
 
 SUITE = "bookworm"
 
-# What a small GCE-like Debian 12 guest needs: a kernel and initramfs to boot
+# What a small cloud-like Debian 12 guest needs: a kernel and initramfs to boot
 # straight from /boot, systemd, sshd, sudo, the agent's Python dependencies from
-# Debian (the .deb depends on them) and ifupdown + dhclient for DHCP on the NIC.
+# Debian (every Depends of packaging/debian/control: `dpkg -i` in the image layer
+# installs no dependencies, so a missing one fails the build) and ifupdown +
+# dhclient for DHCP on the NIC. python3-yaml and python3-pycdlib are NoCloud's:
+# meta-data is YAML, and a cidata ISO is read without mounting it.
 GUEST_PACKAGES = (
     "linux-image-cloud-amd64",
     "initramfs-tools",
@@ -31,6 +34,8 @@ GUEST_PACKAGES = (
     "python3-requests",
     "python3-attr",
     "python3-pyroute2",
+    "python3-yaml",
+    "python3-pycdlib",
     "iproute2",
     "ifupdown",
     "isc-dhcp-client",

@@ -6,7 +6,9 @@ import contextlib
 import errno
 import os
 import posixpath
+import re
 import secrets
+import shutil
 import stat as stat_mod
 from collections.abc import Callable
 
@@ -17,6 +19,20 @@ def _fix_owner(fd: int, uid: int, gid: int) -> None:
     st = os.fstat(fd)
     if (st.st_uid, st.st_gid) != (uid, gid):
         os.fchown(fd, uid, gid)
+
+
+def _temp_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(re.escape(f".{name}.") + r"[0-9a-f]{8}\.tmp")
+
+
+def _sweep_temps(dir_fd: int, name: str) -> None:
+    """Remove temp files an earlier write of `name` left when it was killed before its
+    rename. Only names of our exact pattern go; whatever else is in the folder stays."""
+    pattern = _temp_pattern(name)
+    for entry in os.listdir(dir_fd):
+        if pattern.fullmatch(entry):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry, dir_fd=dir_fd)
 
 
 class LocalFileSystem:
@@ -51,6 +67,30 @@ class LocalFileSystem:
             is_symlink=stat_mod.S_ISLNK(st.st_mode),
             is_dir=stat_mod.S_ISDIR(st.st_mode),
         )
+
+    def create_home(self, home: str, skel: str, *, mode: int, uid: int, gid: int) -> None:
+        target = self.host_path(home)
+        parent = os.path.dirname(target)
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+        # Built beside the target and renamed in, so a crash here leaves no half-made home
+        # that would pass for a real one; a leftover is swept the next time.
+        building = os.path.join(parent, f".{os.path.basename(target)}.guestagent-home")
+        if os.path.lexists(building):
+            shutil.rmtree(building)
+        source = self.host_path(skel)
+        if os.path.isdir(source) and not os.path.islink(source):
+            shutil.copytree(source, building, symlinks=True)
+        else:
+            os.mkdir(building)
+        for folder, dirs, files in os.walk(building):
+            for name in (*dirs, *files):
+                os.lchown(os.path.join(folder, name), uid, gid)
+        os.chown(building, uid, gid)
+        os.chmod(building, mode)
+        if os.path.lexists(target):  # made meanwhile by someone else: theirs stays
+            shutil.rmtree(building)
+            return
+        os.rename(building, target)
 
     def makedirs(self, path: str, mode: int) -> None:
         os.makedirs(self.host_path(path), mode=mode, exist_ok=True)
@@ -149,3 +189,4 @@ class LocalFileSystem:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp, dir_fd=dir_fd)
             raise
+        _sweep_temps(dir_fd, name)

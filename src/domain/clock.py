@@ -27,6 +27,7 @@ import shlex
 import attrs
 
 from guestagent.domain.config import Config
+from guestagent.domain.jsondoc import JsonRefused, loads
 
 STATE_DIR = "/var/lib/guestagent"
 STATE_PATH = f"{STATE_DIR}/clock_drift_token"
@@ -67,8 +68,8 @@ def parse_state(text: str | None) -> str | None:
     if not text:
         return None
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = loads(text)
+    except JsonRefused:  # garbage or deep nesting: no usable record, never a crash
         return None
     token = data.get("drift_token") if isinstance(data, dict) else None
     return token if isinstance(token, str) else None

@@ -17,6 +17,7 @@ lost track of which file held their setting).
 from __future__ import annotations
 
 import configparser
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,6 +50,40 @@ class Accounts:
     groupadd_cmd: str = _opt("groupadd {group}", "command to create a group")
     allowed_system_users: tuple[str, ...] = _opt(
         (), "system accounts (UID below UID_MIN, e.g. root) metadata may manage anyway"
+    )
+    default_user: str = _opt(
+        "",
+        "the image's user that receives keys a platform gives without a user name "
+        "(EC2, NoCloud, OpenStack...); empty: such keys are refused",
+    )
+    default_user_groups: tuple[str, ...] = _opt(
+        ("adm", "sudo"), "groups the default user is created in (missing groups are skipped)"
+    )
+    default_user_sudo: bool = _opt(True, "true gives the default user passwordless sudo")
+
+
+@attrs.frozen
+class Core:
+    platform: str = _opt("auto", "the platform to read (auto, gce, ec2, nocloud); auto detects it")
+    detect_timeout: float = _opt(
+        10.0, "seconds platform detection may take in all (network probes included)"
+    )
+
+
+@attrs.frozen
+class EC2:
+    allow_imdsv1: bool = _opt(
+        False, "true falls back to IMDSv1 (no session token) when the token PUT gets no answer"
+    )
+    poll_interval: float = _opt(10.0, "seconds between metadata polls (EC2 has no long poll)")
+    token_ttl: int = _opt(21600, "lifetime in seconds asked for each IMDSv2 token (1 to 21600)")
+
+
+@attrs.frozen
+class NoCloud:
+    seed_dir: str = _opt("/var/lib/cloud/seed/nocloud", "the seed directory read before any volume")
+    poll_interval: float = _opt(
+        60.0, "seconds between polls of a ds=nocloud;s=URL seed (local seeds are read once)"
     )
 
 
@@ -123,6 +158,7 @@ class Clock:
 
 @attrs.frozen
 class Config:
+    Core: Core = attrs.field(factory=Core)
     Accounts: Accounts = attrs.field(factory=Accounts)
     Daemons: Daemons = attrs.field(factory=Daemons)
     Instance: Instance = attrs.field(factory=Instance)
@@ -132,6 +168,8 @@ class Config:
     NetworkInterfaces: NetworkInterfaces = attrs.field(factory=NetworkInterfaces)
     OSLogin: OSLogin = attrs.field(factory=OSLogin)
     Clock: Clock = attrs.field(factory=Clock)
+    EC2: EC2 = attrs.field(factory=EC2)
+    NoCloud: NoCloud = attrs.field(factory=NoCloud)
 
 
 # One line of instance_configs.cfg per option, for the reference in docs/configuration.md.
@@ -145,6 +183,16 @@ EXAMPLES = {
     "Accounts.gpasswd_remove_cmd": "gpasswd_remove_cmd = deluser {user} {group}",
     "Accounts.groupadd_cmd": "groupadd_cmd = groupadd -r {group}",
     "Accounts.allowed_system_users": "allowed_system_users = root",
+    "Accounts.default_user": "default_user = debian",
+    "Accounts.default_user_groups": "default_user_groups = adm,sudo,netdev",
+    "Accounts.default_user_sudo": "default_user_sudo = false",
+    "Core.platform": "platform = ec2",
+    "Core.detect_timeout": "detect_timeout = 3",
+    "EC2.allow_imdsv1": "allow_imdsv1 = true",
+    "EC2.poll_interval": "poll_interval = 30",
+    "EC2.token_ttl": "token_ttl = 3600",
+    "NoCloud.seed_dir": "seed_dir = /var/lib/cloud/seed/nocloud-net",
+    "NoCloud.poll_interval": "poll_interval = 300",
     "Daemons.accounts_daemon": "accounts_daemon = false",
     "Daemons.clock_skew_daemon": "clock_skew_daemon = false",
     "Daemons.network_daemon": "network_daemon = false",
@@ -240,6 +288,11 @@ def _convert(raw: str, default: object) -> object:
         return value
     if isinstance(default, int):
         return int(text)
+    if isinstance(default, float):
+        number = float(text)
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"expected a number of seconds, got {text!r}")
+        return number
     if isinstance(default, tuple):
         return tuple(part.strip() for part in text.split(",") if part.strip())
     return text

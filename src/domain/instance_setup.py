@@ -235,14 +235,15 @@ class SetupPlan:
 
 
 def first_boot_actions(
-    instance_id: str, numeric_project_id: str, have: SetupCurrent, config: InstanceSetup
+    instance_id: str, numeric_project_id: str | None, have: SetupCurrent, config: InstanceSetup
 ) -> tuple[list[Action], list[str]]:
     actions: list[Action] = []
     notes: list[str] = []
     if config.set_host_keys:
         for key_type in host_key_types(have.ssh_dir_names, config.host_key_types):
             actions.append(GenerateHostKey(key_type))
-    if config.set_boto_config:
+    # None: the platform has no Cloud Storage project (boto is GCE's), nothing to say.
+    if config.set_boto_config and numeric_project_id is not None:
         if numeric_project_id:
             actions.append(WriteBoto(BOTO_PATH, boto_config(numeric_project_id)))
         else:
@@ -293,7 +294,7 @@ def local_ssd_actions(inputs: TuningInputs) -> list[Action]:
 
 
 def plan(
-    instance_id: str, numeric_project_id: str, have: SetupCurrent, config: InstanceSetup,
+    instance_id: str, numeric_project_id: str | None, have: SetupCurrent, config: InstanceSetup,
     can_publish: bool,
 ) -> SetupPlan:  # fmt: skip
     """First-boot work (only with network_enabled, as Google's agent), then every-boot work."""

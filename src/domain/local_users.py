@@ -30,3 +30,6 @@ class KeysFileState:
     ssh_dir_uid: int | None = None
     ssh_dir_is_symlink: bool = False
     file_is_symlink: bool = False
+    # False when passwd names a home that is not there (useradd killed after it wrote
+    # passwd and before it made the home): the planner makes it, or no key could land.
+    home_exists: bool = True

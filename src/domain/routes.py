@@ -20,6 +20,7 @@ import attrs
 from guestagent.domain.config import Config
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.domain.nics import Link
+from guestagent.domain.platforms.gce import gce
 
 LOCAL_TABLE = 255
 
@@ -120,7 +121,7 @@ def canonical_destination(text: str) -> str:
 def desired(metadata: InstanceMetadata, config: Config) -> RoutesDesired:
     wanted: dict[str, tuple[str, ...]] = {}
     notes: list[str] = []
-    for nic in metadata.network_interfaces:
+    for nic in gce(metadata).nics:
         sources: list[tuple[str, Iterable[str]]] = [
             ("forwarded IP", nic.forwarded_ips),
             ("forwarded IPv6", nic.forwarded_ipv6s),

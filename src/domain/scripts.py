@@ -13,25 +13,10 @@ from __future__ import annotations
 import shlex
 from urllib.parse import quote, urlsplit
 
-import attrs
-
-from guestagent.domain.metadata import InstanceMetadata
+from guestagent.domain.metadata import InstanceMetadata, MetadataScript
 
 KINDS = ("startup", "shutdown")
 GCS_HTTP = "https://storage.googleapis.com"
-
-
-@attrs.frozen
-class MetadataScript:
-    key: str  # the metadata key, e.g. "startup-script-url"; also the log prefix
-    is_url: bool
-    value: str  # the download URL (already mapped from gs://) or the script text
-    scope: str  # "instance" or "project": where the key was found
-
-    def describe(self) -> str:
-        # The query may hold a signed-URL token: never part of a log line.
-        where = f" from {self.value.split('?')[0]}" if self.is_url else ""
-        return f"run {self.key} ({self.scope} metadata){where}"
 
 
 def script_keys(kind: str) -> tuple[str, str]:
@@ -62,26 +47,10 @@ def download_url(url: str) -> str:
 def select_scripts(
     metadata: InstanceMetadata, kind: str
 ) -> tuple[tuple[MetadataScript, ...], tuple[str, ...]]:
-    """The scripts to run in order, and notes about keys that were refused."""
-    scripts: list[MetadataScript] = []
-    notes: list[str] = []
-    for key in script_keys(kind):
-        if key in metadata.instance_attributes:
-            value, scope = metadata.instance_attributes[key], "instance"
-        elif key in metadata.project_attributes:
-            value, scope = metadata.project_attributes[key], "project"
-        else:
-            continue
-        if not value.strip():
-            continue
-        if key.endswith("-url"):
-            try:
-                scripts.append(MetadataScript(key, True, download_url(value), scope))
-            except ValueError as exc:
-                notes.append(f"{key}: {exc}")
-            continue
-        scripts.append(MetadataScript(key, False, value, scope))
-    return tuple(scripts), tuple(notes)
+    """The scripts to run in order, and the reasons scripts metadata asked for were refused."""
+    script_keys(kind)
+    notes = tuple(r.describe() for r in metadata.rejections_for("scripts"))
+    return metadata.scripts.get(kind, ()), notes
 
 
 def script_argv(shell: str, path: str) -> tuple[str, ...]:

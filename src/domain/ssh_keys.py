@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
+from guestagent.domain.jsondoc import JsonRefused, loads
 from guestagent.domain.metadata import Rejection, SshKey
 from guestagent.domain.validation import Invalid, check_username, parse_key_line
 from guestagent.domain.values import parse_expiry
@@ -18,9 +18,9 @@ def _expiry(comment: str) -> tuple[bool, str | None]:
         return False, None
     payload = comment[len(GOOGLE_SSH) :].strip()
     try:
-        data = json.loads(payload)
-    except ValueError as exc:
-        raise Invalid("google-ssh comment is not JSON") from exc
+        data = loads(payload)
+    except JsonRefused as exc:
+        raise Invalid(f"google-ssh comment refused: {exc}") from exc
     if not isinstance(data, dict):
         raise Invalid("google-ssh comment is not a JSON object")
     expire = data.get("expireOn")
@@ -31,9 +31,10 @@ def _expiry(comment: str) -> tuple[bool, str | None]:
     return True, expire
 
 
-def key_for_user(user: str, key_text: str) -> SshKey:
-    """Validate one user's key line; raises Invalid with a loggable reason."""
-    check_username(user, system_users=())
+def key_for_user(user: str | None, key_text: str) -> SshKey:
+    """Validate one user's key line (None: the default user's); raises Invalid with a loggable reason."""
+    if user is not None:
+        check_username(user, system_users=())
     parsed = parse_key_line(key_text)
     _, expire = _expiry(parsed.comment)
     expires_at = None
@@ -41,7 +42,7 @@ def key_for_user(user: str, key_text: str) -> SshKey:
         try:
             expires_at = parse_expiry(expire)
         except ValueError as exc:
-            raise Invalid(f"key for {user!r}: {exc}") from exc
+            raise Invalid(f"key expiry: {exc}") from exc
     return SshKey(user=user, line=parsed.text, key_type=parsed.key_type, expires_at=expires_at)
 
 
@@ -65,9 +66,23 @@ def parse_user_key_lines(text: str, where: str) -> tuple[list[SshKey], list[Reje
     return keys, rejections
 
 
+def parse_default_user_keys(lines: Iterable[str], where: str) -> tuple[list[SshKey], list[Rejection]]:
+    """Key lines a platform gives without a user name: they go to the default user."""
+    keys: list[SshKey] = []
+    rejections: list[Rejection] = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        try:
+            keys.append(key_for_user(None, raw.rstrip("\r\n")))
+        except Invalid as exc:
+            rejections.append(Rejection(f"{where} key {number}", str(exc)))
+    return keys, rejections
+
+
 def dedupe(keys: Iterable[SshKey]) -> tuple[SshKey, ...]:
     """Drop repeated (user, line) pairs, keeping the first; order is preserved."""
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str | None, str]] = set()
     out: list[SshKey] = []
     for key in keys:
         if (key.user, key.line) not in seen:

@@ -16,6 +16,8 @@ from collections.abc import Collection
 
 import attrs
 
+from guestagent.domain.ec_curves import ec_point_is_valid
+
 USERNAME_MAX = 32
 KEY_LINE_MAX = 16 * 1024
 
@@ -24,6 +26,7 @@ KEY_LINE_MAX = 16 * 1024
 # rule, which the Go agent relaxed to "not empty"; we keep the strict one.
 _USERNAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,31}")
 # Control characters other than tab (newline, CR and NUL are refused before this).
+_BLANKS = re.compile(r"[ \t]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 # Names that exist on every Debian/RHEL base system. The passwd view adds the
@@ -127,11 +130,68 @@ def _fields(blob: bytes) -> list[bytes]:
     return fields
 
 
-def _check_blob(b64: str, key_type: str) -> None:
+def _decode_base64(b64: str) -> bytes:
+    """OpenSSH's decoder: the standard alphabet, padding exactly as long as needed, and
+    zero bits past the last byte. Python's decoder is laxer (extra `=` pass), and a
+    line sshd cannot read would create an account with no usable key."""
     try:
         blob = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise Invalid("key data is not valid base64") from exc
+    if base64.b64encode(blob).decode("ascii") != b64:
+        raise Invalid("key data is not canonical base64 (padding or trailing bits)")
+    return blob
+
+
+# The fields of each plain key type after its name: "s" a string, "m" an mpint, "e" a
+# curve point. OpenSSH refuses a blob with fields left over, so the count is exact.
+_LAYOUT = {
+    "ssh-rsa": "mm",
+    "ssh-dss": "mmmm",
+    "ssh-ed25519": "s",
+    "ecdsa-sha2-nistp256": "se",
+    "ecdsa-sha2-nistp384": "se",
+    "ecdsa-sha2-nistp521": "se",
+    "sk-ssh-ed25519@openssh.com": "ss",
+    "sk-ecdsa-sha2-nistp256@openssh.com": "ses",
+}
+RSA_MIN_BITS = 1024  # OpenSSH's SSH_RSA_MINIMUM_MODULUS_SIZE
+RSA_MAX_BITS = 16384
+
+
+def _mpint(field: bytes) -> int:
+    if field and field[0] & 0x80:
+        raise Invalid("key data holds a negative number")
+    return int.from_bytes(field, "big")
+
+
+def _check_plain(fields: list[bytes], key_type: str) -> None:
+    layout = _LAYOUT[key_type]
+    if len(fields) < 1 + len(layout):
+        raise Invalid("key data is truncated")
+    if len(fields) > 1 + len(layout):
+        raise Invalid("key data has extra fields")
+    values = fields[1:]
+    for kind, field in zip(layout, values, strict=True):
+        if kind == "m":
+            _mpint(field)
+    if key_type == "ssh-rsa":
+        bits = _mpint(values[1]).bit_length()
+        if not RSA_MIN_BITS <= bits <= RSA_MAX_BITS:
+            raise Invalid(f"RSA key of {bits} bits (OpenSSH accepts {RSA_MIN_BITS} to {RSA_MAX_BITS})")
+    elif key_type.endswith("ed25519") or key_type.startswith("sk-ssh-ed25519"):
+        if len(values[0]) != 32:
+            raise Invalid("key data has the wrong length for ed25519")
+    elif "ecdsa" in key_type:
+        curve = key_type.split("-")[-1].split("@")[0]
+        if values[0] != curve.encode():
+            raise Invalid("key data names another curve than its key type")
+        if not ec_point_is_valid(curve, values[1]):
+            raise Invalid("key data is not a point on its curve")
+
+
+def _check_blob(b64: str, key_type: str) -> None:
+    blob = _decode_base64(b64)
     if key_type in PLAIN_KEY_TYPES:
         # A public key is its type followed by length-prefixed fields that fill the blob
         # exactly; a cut-off paste fails here instead of in sshd at login time.
@@ -141,10 +201,8 @@ def _check_blob(b64: str, key_type: str) -> None:
         fields = _fields(blob[: 4 + struct.unpack(">I", blob[:4])[0]]) if len(blob) >= 4 else []
     if not fields or fields[0] != key_type.encode():
         raise Invalid("key data does not match its key type")
-    if key_type in PLAIN_KEY_TYPES and len(fields) < 2:
-        raise Invalid("key data is truncated")
-    if key_type == "ssh-ed25519" and len(fields[1]) != 32:
-        raise Invalid("key data has the wrong length for ed25519")
+    if key_type in PLAIN_KEY_TYPES:
+        _check_plain(fields, key_type)
 
 
 def parse_key_line(line: str) -> KeyLine:
@@ -165,7 +223,9 @@ def parse_key_line(line: str) -> KeyLine:
         first, rest = _split_options(text_after) if text_after else ("", "")
     if first not in KEY_TYPES:
         raise Invalid("unknown or missing key type")
-    b64, _, comment = rest.partition(" ")
+    # The key data ends at a space or a tab, as OpenSSH reads it.
+    b64, *tail = _BLANKS.split(rest, maxsplit=1)
+    comment = tail[0] if tail else ""
     if not b64:
         raise Invalid("missing key data")
     _check_blob(b64, first)

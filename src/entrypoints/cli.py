@@ -7,12 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from guestagent.adapters.gce_metadata import DEFAULT_URL
+from guestagent.adapters.platforms.registry import PROVIDERS
 from guestagent.entrypoints import scripts_cmd
-from guestagent.entrypoints.composition import build
-from guestagent.entrypoints.oneshot import options_from, snapshot_or_report
-from guestagent.services.reconcile import Scheduler
-from guestagent.services.registry import LANES, all_subsystems
+from guestagent.entrypoints.oneshot import agent_or_report, options_from, snapshot_or_report
 from guestagent.services.subsystem import Outcome
 
 EXIT_OK = 0
@@ -24,7 +21,13 @@ EXIT_USAGE = 64
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--metadata-url", default=DEFAULT_URL, help="metadata base URL (default: %(default)s)"
+        "--metadata-url",
+        help="the metadata service's base URL (default: the platform's own address)",
+    )
+    common.add_argument(
+        "--platform",
+        choices=["auto", *(spec.name for spec in PROVIDERS)],
+        help="the platform to read (default: [Core] platform in the config, else auto-detect)",
     )
     common.add_argument(
         "--config",
@@ -33,7 +36,6 @@ def _common() -> argparse.ArgumentParser:
     )
     common.add_argument("--root", default="/", help="act on the system under this directory (default: /)")
     common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    common.add_argument("--backoff-max", type=float, default=30.0, help="longest retry delay in seconds")
     common.add_argument("--netns", help="network namespace for route and NIC changes (testing)")
     return common
 
@@ -48,7 +50,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", type=float, default=30.0, help="seconds to wait for metadata (default 30)")
     plan = sub.add_parser("plan", parents=[common], help="print what a run would do; change nothing")
     plan.add_argument("--wait", type=float, default=30.0, help="seconds to wait for metadata (default 30)")
-    sub.add_parser("daemon", parents=[common], help="first reconcile, then follow metadata changes")
+    daemon = sub.add_parser("daemon", parents=[common], help="first reconcile, then follow metadata changes")
+    daemon.add_argument(
+        "--backoff-max", type=float, default=30.0, help="longest delay between metadata retries (seconds)"
+    )
+    sub.add_parser("detect", parents=[common], help="print the platform auto-detection chooses, and why")
     scripts_cmd.add_parser(sub, common)
     config = sub.add_parser("config", parents=[common], help="print the effective configuration")
     config.add_argument("--reference", action="store_true", help="print every option as a Markdown table")
@@ -60,7 +66,9 @@ def parser() -> argparse.ArgumentParser:
 def _print(outcomes: Sequence[Outcome], dry_run: bool) -> None:
     verb = "would" if dry_run else "did"
     for outcome in outcomes:
-        if not outcome.actions and not outcome.failures:
+        for reason in outcome.held:
+            print(f"{outcome.subsystem}: HELD {reason}")
+        if not outcome.actions and not outcome.failures and not outcome.held:
             print(f"{outcome.subsystem}: nothing to do")
         for action in outcome.actions:
             print(f"{outcome.subsystem}: {verb} {action}")
@@ -69,36 +77,47 @@ def _print(outcomes: Sequence[Outcome], dry_run: bool) -> None:
 
 
 def run_once(args: argparse.Namespace, dry_run: bool) -> int:
-    ctx, source = build(options_from(args, dry_run))
-    snapshot = snapshot_or_report(args, source, ctx.log)
+    agent = agent_or_report(args, dry_run)
+    if agent is None:
+        return EXIT_NO_METADATA
+    snapshot = snapshot_or_report(args, agent)
     if snapshot is None:
         return EXIT_NO_METADATA
-    outcomes = [
-        o for o in Scheduler(all_subsystems(), LANES).run_due(ctx, snapshot.metadata) if not o.skipped
-    ]
+    outcomes = [o for o in agent.scheduler().run_due(agent.ctx, snapshot.metadata) if not o.skipped]
     _print(outcomes, dry_run)
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
 
 
 def show_config(args: argparse.Namespace) -> int:
+    from guestagent.adapters.local_filesystem import LocalFileSystem
     from guestagent.domain.config import render_reference, render_values
+    from guestagent.entrypoints.bootstrap import read_config
 
     if args.reference:
         print(render_reference(), end="")
         return EXIT_OK
-    ctx, source = build(options_from(args, True))
-    source.close()
-    print(render_values(ctx.config), end="")
+    print(render_values(read_config(options_from(args, True), LocalFileSystem(args.root))), end="")
+    return EXIT_OK
+
+
+def detect_platform(args: argparse.Namespace) -> int:
+    from guestagent.adapters.local_filesystem import LocalFileSystem
+    from guestagent.entrypoints.bootstrap import choose_platform, read_config
+
+    options = options_from(args, True)
+    try:
+        spec, _, reason = choose_platform(options, read_config(options, LocalFileSystem(args.root)))
+    except ValueError as exc:
+        print(f"guestagent: {exc}", file=sys.stderr)
+        return EXIT_NO_METADATA
+    print(f"{spec.name}\t{reason}")
     return EXIT_OK
 
 
 def daemon(args: argparse.Namespace) -> int:
-    from guestagent.entrypoints.daemon import Daemon
+    from guestagent.entrypoints.daemon import run_daemon
 
-    ctx, source = build(options_from(args, False))
-    agent = Daemon(ctx, source, all_subsystems(), LANES, backoff_max=args.backoff_max)
-    agent.install_signal_handlers()
-    return agent.run()
+    return run_daemon(options_from(args, False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return scripts_cmd.run(args)
     if args.command == "config":
         return show_config(args)
+    if args.command == "detect":
+        return detect_platform(args)
     return EXIT_USAGE
 
 

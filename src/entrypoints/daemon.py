@@ -9,10 +9,11 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from guestagent.adapters.gce_metadata import Backoff
 from guestagent.adapters.sd_notify import sd_notify
+from guestagent.domain.backoff import Backoff
 from guestagent.domain.metadata import InstanceMetadata
-from guestagent.ports.metadata import MetadataSource, MetadataUnavailable, Snapshot
+from guestagent.entrypoints.bootstrap import Agent, Options, bootstrap, log
+from guestagent.ports.metadata import MetadataDisabled, MetadataSource, MetadataUnavailable, Snapshot
 from guestagent.services.context import Context
 from guestagent.services.reconcile import Scheduler
 from guestagent.services.subsystem import Outcome, Subsystem
@@ -24,6 +25,9 @@ TICK = 0.25
 # that sshd (ordered after us) is not held forever; provisioning continues.
 READY_ANYWAY_AFTER = 90.0
 FIRST_FETCH_BACKOFF_MAX = 3.0
+# A watch that ended without being asked to (a bug, an unexpected error) starts again
+# after this long at most; the daemon never goes on without following metadata.
+WATCH_RESTART_MAX = 30.0
 
 
 class Daemon:
@@ -35,12 +39,13 @@ class Daemon:
         lanes: Sequence[Sequence[str]] = (),
         *,
         backoff_max: float = 30.0,
+        stop: threading.Event | None = None,
     ) -> None:
         self.ctx = ctx
         self.source = source
         self.backoff_max = backoff_max
         self.scheduler = Scheduler(subsystems, lanes)
-        self.stop = threading.Event()
+        self.stop = stop if stop is not None else threading.Event()
         self._snapshots: queue.Queue[Snapshot] = queue.Queue()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -60,6 +65,9 @@ class Daemon:
                 result.put(self.source.get())
             except MetadataUnavailable as exc:
                 result.put(exc)
+            except Exception as exc:  # whatever it is, the waiting loop must hear of it
+                self.ctx.log.debug("metadata fetch raised", exc_info=True)
+                result.put(MetadataUnavailable(f"metadata fetch failed ({exc.__class__.__name__})"))
 
         threading.Thread(target=fetch, name="first-fetch", daemon=True).start()
         while not self.stop.is_set():
@@ -82,6 +90,12 @@ class Daemon:
         while not self.stop.is_set():
             try:
                 return self._get_interruptibly()
+            except MetadataDisabled as exc:
+                # Asking again would only be a request storm against a switched-off service.
+                self.ctx.log.error("%s; not asking again (restart the agent once it is enabled)", exc)
+                sd_notify(f"READY=1\nSTATUS={exc}")
+                self.stop.wait()
+                return None
             except MetadataUnavailable as exc:
                 if str(exc) != last_error:
                     self.ctx.log.warning("waiting for metadata: %s", exc)
@@ -93,17 +107,31 @@ class Daemon:
         return None
 
     def _watch(self, etag: str) -> None:
-        try:
-            for snapshot in self.source.watch(etag):
-                self._snapshots.put(snapshot)
-                if self.stop.is_set():
-                    return
-        except Exception:  # the watcher must not die silently
-            self.ctx.log.exception("metadata watch failed")
-            self.stop.set()
+        """Follow the source until stopped; a watch that ends or raises is started again."""
+        backoff = Backoff(cap=WATCH_RESTART_MAX)
+        while not self.stop.is_set():
+            try:
+                for snapshot in self.source.watch(etag):
+                    self._snapshots.put(snapshot)
+                    etag = snapshot.etag
+                    backoff.reset()
+                    if self.stop.is_set():
+                        return
+            except Exception:  # logged, then the watch starts again
+                self.ctx.log.exception("metadata watch failed; starting it again")
+            else:
+                # A watch returns on its own only when the platform disabled its service.
+                if not self.stop.is_set():
+                    self.ctx.log.warning("metadata watch ended; following no further changes")
+                return
+            self.stop.wait(backoff.next_delay())
 
     def _pass(self, metadata: InstanceMetadata) -> list[Outcome]:
-        outcomes = self.scheduler.run_due(self.ctx, metadata)
+        try:
+            outcomes = self.scheduler.run_due(self.ctx, metadata)
+        except Exception:  # subsystems are isolated already; this guards the scheduler
+            self.ctx.log.exception("reconcile pass failed; the next snapshot or wake-up tries again")
+            return []
         for outcome in outcomes:
             for failure in outcome.failures:
                 self.ctx.log.error("%s: %s", outcome.subsystem, failure)
@@ -140,3 +168,70 @@ class Daemon:
         # The watcher thread is a daemon thread: a pending long poll must not hold exit.
         self.source.close()
         return 0
+
+
+def _bootstrap_interruptibly(options: Options, stop: threading.Event) -> Agent | None:
+    """bootstrap() in a helper thread: detection may wait on probes for seconds, and
+    SIGTERM must still be honoured within a tick. Raises what bootstrap raised."""
+    result: queue.Queue[Agent | BaseException] = queue.Queue()
+
+    def wire() -> None:
+        try:
+            result.put(bootstrap(options))
+        except BaseException as exc:  # handed to the waiting thread
+            result.put(exc)
+
+    threading.Thread(target=wire, name="bootstrap", daemon=True).start()
+    while not stop.is_set():
+        try:
+            outcome = result.get(timeout=TICK)
+        except queue.Empty:
+            continue
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+    return None
+
+
+def run_daemon(options: Options) -> int:
+    """`guestagent daemon`: wire the agent (retrying until a platform is found), then run it.
+
+    Signals are honoured from the first instant, also while detection waits on
+    its probes.
+    """
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    backoff = Backoff(cap=min(FIRST_FETCH_BACKOFF_MAX, options.backoff_max))
+    started = time.monotonic()
+    said: str | None = None
+    told_ready = False
+    while not stop.is_set():
+        try:
+            agent = _bootstrap_interruptibly(options, stop)
+        except ValueError as exc:
+            if str(exc) != said:
+                log.warning("waiting for metadata: %s", exc)
+                said = str(exc)
+            if not told_ready and time.monotonic() - started > READY_ANYWAY_AFTER:
+                sd_notify("READY=1\nSTATUS=no platform found yet")
+                told_ready = True
+            stop.wait(backoff.next_delay())
+            continue
+        if agent is None:
+            break
+        daemon = Daemon(
+            agent.ctx,
+            agent.source,
+            agent.subsystems,
+            agent.lanes,
+            backoff_max=options.backoff_max,
+            stop=stop,
+        )
+        return daemon.run()
+    return 0

@@ -31,20 +31,23 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import attrs
+
     from guestagent.adapters.script_fetcher import HttpScriptFetcher
     from guestagent.adapters.script_runner import SubprocessScriptRunner
-    from guestagent.entrypoints.composition import build
-    from guestagent.entrypoints.oneshot import options_from, snapshot_or_report
+    from guestagent.entrypoints.oneshot import agent_or_report, snapshot_or_report
     from guestagent.services.scripts import run_scripts
 
-    sandboxed = args.root not in ("/", "")
+    agent = agent_or_report(args, args.dry_run)
+    if agent is None:
+        return EXIT_NO_METADATA
+    ctx = agent.ctx
     # A script is arbitrary code run as root; --root confines files, not programs, so in a
     # sandbox the scripts are only listed unless the caller says otherwise.
-    dry_run = args.dry_run or (sandboxed and not args.run_on_this_machine)
-    ctx, source = build(options_from(args, dry_run))
-    if dry_run and sandboxed and not args.dry_run:
+    if not ctx.owns_machine and not args.run_on_this_machine and not ctx.dry_run:
+        ctx = attrs.evolve(ctx, dry_run=True)
         ctx.log.info("sandbox root %s: listing scripts only (see --run-on-this-machine)", ctx.root)
-    snapshot = snapshot_or_report(args, source, ctx.log)
+    snapshot = snapshot_or_report(args, agent)
     if snapshot is None:
         return EXIT_NO_METADATA
     return run_scripts(

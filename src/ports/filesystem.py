@@ -63,6 +63,14 @@ class FileSystem(Protocol):
         """
         ...
 
+    def create_home(self, home: str, skel: str, *, mode: int, uid: int, gid: int) -> None:
+        """Make a missing home directory and copy the skeleton into it, owned by the user.
+
+        Does nothing to a home that exists (never merges into someone's files);
+        symlinks in the skeleton are copied as links, never followed.
+        """
+        ...
+
     def makedirs(self, path: str, mode: int) -> None: ...
 
     def remove(self, path: str) -> None:

@@ -1,7 +1,7 @@
 """The kernel's links and routes, as the network subsystems need them.
 
 Real implementation: adapters/pyroute2_netlink.py (netlink sockets, never
-`ip` subprocesses); in-memory one: adapters/fake_netlink.py.
+`ip` subprocesses); in-memory one for tests: tests/fake_netlink.py.
 """
 
 from __future__ import annotations

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 
+import attrs
+
 from guestagent.domain import accounts as domain
 from guestagent.domain.account_commands import UnconfinedCommand, commands_for
 from guestagent.domain.config import Accounts as AccountsConfig
 from guestagent.domain.local_users import KeysFileState, PasswdEntry
 from guestagent.domain.metadata import InstanceMetadata
+from guestagent.domain.platforms.gce import gce
 from guestagent.ports.filesystem import UnsafePath
 from guestagent.services.context import Context
 from guestagent.services.instance_setup import report_sshable
@@ -20,6 +23,8 @@ COMMAND_TIMEOUT = 60.0
 
 
 def observe_keys_file(ctx: Context, entry: PasswdEntry) -> KeysFileState:
+    if ctx.fs.stat(entry.home) is None:
+        return KeysFileState(text=None, home_exists=False)
     ssh_dir = entry.home.rstrip("/") + "/.ssh"
     dir_info = ctx.fs.stat(ssh_dir)
     if dir_info is not None and dir_info.is_symlink:
@@ -45,14 +50,17 @@ def observe_keys_file(ctx: Context, entry: PasswdEntry) -> KeysFileState:
 
 
 def observe(
-    ctx: Context, interesting: Iterable[str], scope: frozenset[str] | None = None
+    ctx: Context,
+    interesting: Iterable[str],
+    scope: frozenset[str] | None = None,
+    layout: domain.Layout = domain.GCE_LAYOUT,
 ) -> domain.AccountsCurrent:
     """The guest's accounts, and key files of the users metadata or the record mention.
 
     With a scope, key files are read only for the users in it (see domain.plan).
     """
     users = ctx.users.users()
-    managed = domain.parse_managed_users(ctx.fs.read_text(domain.STATE_PATH))
+    managed = domain.parse_managed_users(ctx.fs.read_text(layout.state_path))
     readers = set(interesting) | managed if scope is None else scope
     keys_files = {name: observe_keys_file(ctx, users[name]) for name in readers if name in users}
     return domain.AccountsCurrent(
@@ -60,8 +68,9 @@ def observe(
         groups=ctx.users.groups(),
         managed=managed,
         keys_files=keys_files,
-        sudoers_text=ctx.fs.read_text(domain.SUDOERS_PATH),
+        sudoers_text=ctx.fs.read_text(layout.sudoers_path),
         uid_min=ctx.users.uid_min(),
+        login_defs=ctx.fs.read_text(domain.LOGIN_DEFS_PATH),
     )
 
 
@@ -97,13 +106,13 @@ class AccountsSubsystem:
         return ctx.config.Daemons.accounts_daemon
 
     def inputs(self, metadata: InstanceMetadata) -> object:
-        return (metadata.ssh_keys, metadata.rejections, metadata.oslogin_enabled)
+        return (metadata.ssh_keys, metadata.rejections_for(self.name), gce(metadata).oslogin_enabled)
 
     def desired(self, ctx: Context, metadata: InstanceMetadata) -> domain.AccountsDesired:
-        want = domain.desired(metadata, ctx.clock.now())
-        if metadata.oslogin_enabled:
+        want = domain.desired(metadata, ctx.clock.now(), ctx.config.Accounts.default_user)
+        if gce(metadata).oslogin_enabled:
             # OS Login owns logins now: managed keys and sudo membership go away.
-            return domain.AccountsDesired(keys={}, rejections=want.rejections, next_expiry=want.next_expiry)
+            return attrs.evolve(want, keys={}, notes=())
         return want
 
     def _scope(self, want: domain.AccountsDesired, now: datetime) -> frozenset[str] | None:
@@ -116,7 +125,7 @@ class AccountsSubsystem:
         now = ctx.clock.now()
         want = self.desired(ctx, metadata)
         scope = self._scope(want, now)
-        have = observe(ctx, want.keys, scope)
+        have = observe(ctx, want.keys, scope, want.layout)
         planned = domain.plan(want, have, ctx.config.Accounts, scope)
         for note in planned.notes:
             self._warnings.warn(ctx.log, note)
@@ -157,6 +166,16 @@ def apply(
         try:
             if isinstance(action, domain.WriteSudoers):
                 ctx.fs.write_atomic(action.path, action.text, mode=0o440, check=_visudo_check(ctx))
+            elif isinstance(action, domain.CreateHome):
+                if users is None:
+                    users = ctx.users.users()
+                entry = users.get(action.user)
+                if entry is None:
+                    fail(f"user {action.user} does not exist; home not made", action.user)
+                    continue
+                ctx.fs.create_home(
+                    entry.home, domain.SKEL_PATH, mode=action.mode, uid=entry.uid, gid=entry.gid
+                )
             elif isinstance(action, domain.WriteKeys):
                 if users is None:
                     users = ctx.users.users()
@@ -201,5 +220,3 @@ def _run_commands(ctx: Context, action: domain.Action, config: AccountsConfig) -
             )
     return None
 
-
-SUBSYSTEM = AccountsSubsystem()

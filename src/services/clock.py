@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from guestagent.domain import clock as domain
 from guestagent.domain.metadata import InstanceMetadata
+from guestagent.domain.platforms.gce import gce
 from guestagent.ports.filesystem import UnsafePath
 from guestagent.services.context import Context
 from guestagent.services.subsystem import Outcome
@@ -14,7 +15,7 @@ SYNC_TIMEOUT = 60.0
 def owns_machine(ctx: Context) -> bool:
     """Only an agent acting on "/" may step the clock: under --root (a sandbox, a test)
     the clock is the host's, and hwclock --hctosys would set it."""
-    return ctx.root == "/"
+    return ctx.owns_machine
 
 
 class ClockSubsystem:
@@ -30,7 +31,7 @@ class ClockSubsystem:
         return domain.clock_enabled(ctx.config)
 
     def inputs(self, metadata: InstanceMetadata) -> object:
-        return metadata.clock_drift_token
+        return gce(metadata).clock_drift_token
 
     def recorded(self, ctx: Context) -> str | None:
         if not self._loaded:
@@ -40,7 +41,7 @@ class ClockSubsystem:
 
     def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
         actions = domain.plan(
-            metadata.clock_drift_token, self.recorded(ctx), ctx.config.Clock.sync_command
+            gce(metadata).clock_drift_token, self.recorded(ctx), ctx.config.Clock.sync_command
         )
         if ctx.dry_run:
             return Outcome(self.name, tuple(a.describe() for a in actions))
@@ -75,5 +76,3 @@ class ClockSubsystem:
             ctx.log.info("clock: %s", action.describe())
         return Outcome(self.name, tuple(done))
 
-
-SUBSYSTEM = ClockSubsystem()

@@ -35,6 +35,12 @@ class Context:
     # need it to confine shadow-utils with --prefix.
     root: str = "/"
     dry_run: bool = False
+    # Whether the agent acts on the machine it runs on (hostname, clock, services) or only
+    # on files under `root`. Decided once, by the composition root's sandbox policy; the
+    # default follows `root`, so a Context made for a sandbox can never touch the host.
+    owns_machine: bool = attrs.field(
+        default=attrs.Factory(lambda self: self.root == "/", takes_self=True)
+    )
     # In-place writes to /sys and /proc (instance-setup tuning); None skips tuning.
     sysfs: KernelFiles | None = None
     log: logging.Logger = attrs.field(factory=lambda: logging.getLogger("guestagent"))

@@ -17,7 +17,7 @@ COMMAND_TIMEOUT = 30.0
 def manages_live_hostname(ctx: Context) -> bool:
     """Only an agent that owns the whole machine (root "/") touches the kernel's hostname:
     under --root the agent runs in a sandbox and the kernel's name is the host's."""
-    return ctx.root == "/"
+    return ctx.owns_machine
 
 
 def read_live(ctx: Context) -> str:
@@ -87,5 +87,3 @@ class HostnameSubsystem:
         done, failures = journal.result()
         return Outcome(self.name, tuple(done), tuple(failures))
 
-
-SUBSYSTEM = HostnameSubsystem()

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from guestagent.domain import instance_setup as domain
 from guestagent.domain.metadata import InstanceMetadata
+from guestagent.domain.platforms.gce import PLATFORM, gce
 from guestagent.ports.filesystem import UnsafePath
 from guestagent.ports.metadata import MetadataUnavailable
 from guestagent.services.context import Context
@@ -173,15 +174,15 @@ class InstanceSetupSubsystem:
         return True  # every part has its own switch in [InstanceSetup]
 
     def inputs(self, metadata: InstanceMetadata) -> object:
-        return (metadata.instance_id, metadata.numeric_project_id)
+        return (metadata.instance_id, gce(metadata).numeric_project_id)
 
     def plan(self, ctx: Context, metadata: InstanceMetadata) -> domain.SetupPlan:
         return domain.plan(
             metadata.instance_id,
-            metadata.numeric_project_id,
+            gce(metadata).numeric_project_id if metadata.platform == PLATFORM else None,
             observe(ctx),
             ctx.config.InstanceSetup,
-            can_publish=ctx.guest_attributes is not None,
+            can_publish=ctx.guest_attributes is not None and metadata.platform == PLATFORM,
         )
 
     def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
@@ -195,5 +196,3 @@ class InstanceSetupSubsystem:
         done, failures = apply(ctx, planned.actions)
         return Outcome(self.name, tuple(done), tuple(failures))
 
-
-SUBSYSTEM = InstanceSetupSubsystem()

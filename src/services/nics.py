@@ -78,5 +78,3 @@ def apply(
         journal.did(action)
     return journal.result()
 
-
-SUBSYSTEM = NicsSubsystem()

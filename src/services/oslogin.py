@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 
 from guestagent.domain import oslogin as domain
 from guestagent.domain.metadata import InstanceMetadata
+from guestagent.domain.platforms.gce import gce
 from guestagent.ports.filesystem import UnsafePath
 from guestagent.services.context import Context
 from guestagent.services.journal import ApplyJournal, WarnOnce
@@ -20,7 +21,7 @@ _PRIVSEP_ONLY = "Missing privilege separation directory"
 
 def desired(ctx: Context, metadata: InstanceMetadata) -> domain.OsLoginDesired:
     return domain.OsLoginDesired(
-        enabled=metadata.oslogin_enabled,
+        enabled=gce(metadata).oslogin_enabled,
         cert_authentication=ctx.config.OSLogin.cert_authentication,
     )
 
@@ -38,7 +39,7 @@ def observe(ctx: Context) -> domain.OsLoginCurrent:
 
 def _host_key_options(ctx: Context) -> list[str]:
     """In a sandbox root, point sshd -t at the sandbox's host keys, not the machine's."""
-    if ctx.root == "/":
+    if ctx.owns_machine:
         return []
     names = ctx.fs.listdir("/etc/ssh")
     keys = [n for n in names if n.startswith("ssh_host_") and n.endswith("_key")]
@@ -68,7 +69,7 @@ def sshd_check(ctx: Context) -> Callable[[str], None]:
 
 def _restart(ctx: Context, action: domain.RestartServices) -> str | None:
     """Restart what exists; an error message, or None."""
-    if ctx.root != "/":
+    if not ctx.owns_machine:
         # The services running here belong to the machine, not to the sandbox root.
         ctx.log.info("sandbox root %s: not restarting host services", ctx.root)
         return None
@@ -136,7 +137,7 @@ class OsLoginSubsystem:
         return True
 
     def inputs(self, metadata: InstanceMetadata) -> object:
-        return metadata.oslogin_enabled
+        return gce(metadata).oslogin_enabled
 
     def plan(self, ctx: Context, metadata: InstanceMetadata) -> domain.OsLoginPlan:
         return domain.plan(desired(ctx, metadata), observe(ctx))
@@ -150,5 +151,3 @@ class OsLoginSubsystem:
         done, failures = apply(ctx, planned.actions)
         return Outcome(self.name, tuple(done), tuple(failures))
 
-
-SUBSYSTEM = OsLoginSubsystem()

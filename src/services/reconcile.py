@@ -10,6 +10,7 @@ import attrs
 
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.services.context import Context
+from guestagent.services.journal import WarnOnce
 from guestagent.services.subsystem import Outcome, Subsystem
 
 RETRY_BASE = timedelta(seconds=2)
@@ -46,6 +47,7 @@ class Scheduler:
         lane_of = {name: i for i, lane in enumerate(lanes) for name in lane}
         self._lane = {s.name: lane_of.get(s.name, len(lanes) + i) for i, s in enumerate(self.subsystems)}
         self._state: dict[str, _State] = {s.name: _State() for s in self.subsystems}
+        self._said = WarnOnce()
 
     def due(self, metadata: InstanceMetadata, now: datetime) -> list[Subsystem]:
         out = []
@@ -63,6 +65,11 @@ class Scheduler:
         self, subsystem: Subsystem, metadata: InstanceMetadata, outcome: Outcome, now: datetime
     ) -> None:
         state = self._state[subsystem.name]
+        if outcome.held:
+            # Not run, so nothing settled: the next snapshot is looked at afresh, with no
+            # retry timer (only new metadata can make the input readable).
+            state.succeeded, state.retry_at = False, None
+            return
         state.inputs = subsystem.inputs(metadata)
         state.wake_at = outcome.wake_at
         if outcome.ok:
@@ -80,9 +87,17 @@ class Scheduler:
     def _run_lane(self, ctx: Context, metadata: InstanceMetadata, lane: list[Subsystem]) -> list[Outcome]:
         outcomes = []
         for subsystem in lane:
+            held = metadata.held(subsystem.name)
             if not subsystem.enabled(ctx, metadata):
                 outcome = Outcome(subsystem.name, skipped=True)
+            elif held:
+                for rejection in held:
+                    self._said.warn(ctx.log, f"{subsystem.name}: kept as is: {rejection.describe()}")
+                outcome = Outcome(subsystem.name, held=tuple(r.describe() for r in held))
             else:
+                # Each refused input is the business of the subsystem it was meant for alone.
+                for rejection in metadata.rejections_for(subsystem.name):
+                    self._said.warn(ctx.log, f"{subsystem.name}: ignored {rejection.describe()}")
                 outcome = run_one(ctx, subsystem, metadata)
             self.record(subsystem, metadata, outcome, ctx.clock.now())
             outcomes.append(outcome)

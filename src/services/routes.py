@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from guestagent.domain import routes as domain
 from guestagent.domain.metadata import InstanceMetadata
+from guestagent.domain.platforms.gce import gce
 from guestagent.ports.netlink import Netlink, NetlinkFailure
 from guestagent.services.context import Context
 from guestagent.services.journal import ApplyJournal, WarnOnce
@@ -32,10 +33,7 @@ class RoutesSubsystem:
         return ctx.netlink is not None and domain.routes_enabled(ctx.config)
 
     def inputs(self, metadata: InstanceMetadata) -> object:
-        return tuple(
-            (n.mac, n.forwarded_ips, n.forwarded_ipv6s, n.target_instance_ips, n.ip_aliases)
-            for n in metadata.network_interfaces
-        )
+        return gce(metadata).nics
 
     def plan(self, ctx: Context, netlink: Netlink, metadata: InstanceMetadata) -> domain.RoutesPlan:
         want = domain.desired(metadata, ctx.config)
@@ -83,5 +81,3 @@ def apply(
         journal.did(action)
     return journal.result()
 
-
-SUBSYSTEM = RoutesSubsystem()

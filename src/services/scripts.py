@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from guestagent.domain import scripts as domain
-from guestagent.domain.metadata import InstanceMetadata
+from guestagent.domain.metadata import InstanceMetadata, MetadataScript
 from guestagent.ports.scripts import FetchError, ScriptFetcher, ScriptResult, ScriptRunner
 from guestagent.services.context import Context
 
@@ -74,7 +74,7 @@ def run_scripts(
 
 
 def _body(
-    ctx: Context, script: domain.MetadataScript, fetcher: ScriptFetcher, remaining: float | None
+    ctx: Context, script: MetadataScript, fetcher: ScriptFetcher, remaining: float | None
 ) -> bytes | None:
     if not script.is_url:
         return script.value.encode("utf-8", "surrogateescape")
@@ -99,7 +99,7 @@ class _LineLogger:
 
 
 def _report(
-    log: logging.Logger, script: domain.MetadataScript, result: ScriptResult, timeout: float | None
+    log: logging.Logger, script: MetadataScript, result: ScriptResult, timeout: float | None
 ) -> bool:
     if result.error is not None:
         log.error("%s: %s", script.key, result.error)

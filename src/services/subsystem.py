@@ -23,6 +23,8 @@ class Outcome:
     wake_at: datetime | None = None
     # True when config (or metadata) had the subsystem switched off for this pass.
     skipped: bool = False
+    # Why the subsystem kept its state: inputs it acts on could not be read (Rejection.holds).
+    held: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

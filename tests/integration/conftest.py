@@ -52,8 +52,10 @@ def ssh_keys_value(users: dict[str, list[str]]) -> str:
 
 @pytest.fixture
 def run_agent(sandbox: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    def run(*args: str, url: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        cmd = [*AGENT, args[0], "--root", str(sandbox), "--metadata-url", url, *args[1:]]
+    def run(
+        *args: str, url: str, timeout: float = 120, platform: str = "gce"
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [*AGENT, args[0], "--root", str(sandbox), "--metadata-url", url, "--platform", platform, *args[1:]]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
     return run
@@ -64,7 +66,8 @@ class AgentDaemon:
         self.log_path = log
         self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [*AGENT, "daemon", "--root", str(sandbox), "--metadata-url", url, "--backoff-max", "1", *extra],
+            [*AGENT, "daemon", "--root", str(sandbox), "--metadata-url", url, "--platform", "gce",
+             "--backoff-max", "1", *extra],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             text=True,

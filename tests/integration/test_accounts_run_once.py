@@ -150,7 +150,7 @@ def test_plan_prints_actions_and_changes_nothing(sandbox: Path, run_agent) -> No
 def test_no_metadata_server_exits_2_with_a_clear_message(sandbox: Path, run_agent) -> None:
     result = run_agent("run", "--once", "--wait", "1", url="http://127.0.0.1:9/computeMetadata/v1/")
     assert result.returncode == 2
-    assert "no metadata from http://127.0.0.1:9/computeMetadata/v1/" in result.stderr
+    assert "no gce metadata from http://127.0.0.1:9/computeMetadata/v1/" in result.stderr
     assert "unreachable" in result.stderr
 
 

@@ -17,6 +17,7 @@ from guestagent.domain.config import Clock, Config
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.services.clock import ClockSubsystem
 from guestagent.services.context import Context
+from tests.gce_metadata import gce_md
 
 
 def test_resync_runs_only_on_change_and_survives_restart(tmp_path: Path) -> None:
@@ -28,7 +29,7 @@ def test_resync_runs_only_on_change_and_survives_restart(tmp_path: Path) -> None
     # root="/" so the command runs (as on a guest); the files still go under tmp_path.
 
     def token(value: str) -> InstanceMetadata:
-        return InstanceMetadata("gce", "1", clock_drift_token=value)
+        return gce_md("1", clock_drift_token=value)
 
     agent = ClockSubsystem()
     assert agent.reconcile(ctx, token("0")).ok

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from guestagent.adapters.fakes import RecordingRunner
-from guestagent.adapters.gce_metadata import GceMetadata
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
+from guestagent.adapters.platforms.gce import GceMetadata
 from guestagent.adapters.subprocess_runner import SubprocessRunner
 from guestagent.adapters.sysfs import SysfsWriter
 from guestagent.adapters.system_clock import SystemClock
@@ -22,6 +21,7 @@ from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.commands import CommandResult
 from guestagent.services.context import Context
 from guestagent.services.instance_setup import InstanceSetupSubsystem, report_sshable
+from tests.fakes import RecordingRunner
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen missing")
 

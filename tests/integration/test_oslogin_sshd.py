@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from guestagent.adapters.fakes import FixedClock, RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.adapters.subprocess_runner import SubprocessRunner
@@ -25,6 +24,8 @@ from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.commands import CommandResult
 from guestagent.services.context import Context
 from guestagent.services.oslogin import OsLoginSubsystem
+from tests.fakes import FixedClock, RecordingRunner
+from tests.gce_metadata import gce_md
 
 SSHD = "/usr/sbin/sshd"
 
@@ -93,7 +94,7 @@ def _ctx(fs: LocalFileSystem, runner: StrictSshdRunner, cert: bool) -> Context:
 
 
 def _meta(enabled: bool) -> InstanceMetadata:
-    return InstanceMetadata(platform="gce", instance_id="1", oslogin_enabled=enabled)
+    return gce_md("1", oslogin_enabled=enabled)
 
 
 @pytest.fixture(autouse=True)

@@ -30,9 +30,11 @@ from guestagent.adapters.subprocess_runner import SubprocessRunner
 from guestagent.adapters.system_clock import SystemClock
 from guestagent.domain.config import Config, IpForwarding, NetworkInterfaces
 from guestagent.domain.metadata import InstanceMetadata, NetworkInterface
+from guestagent.domain.platforms.gce import GceNic
 from guestagent.services.context import Context
 from guestagent.services.nics import NicsSubsystem
 from guestagent.services.routes import RoutesSubsystem
+from tests.gce_metadata import gce_md
 
 pytestmark = pytest.mark.root
 
@@ -99,11 +101,10 @@ def context(tmp_path: Path, ns: str, config: Config | None = None) -> Context:
 
 def metadata(fwd: tuple[str, ...] = (), fwd6: tuple[str, ...] = (), aliases: tuple[str, ...] = (),
              targets: tuple[str, ...] = ()) -> InstanceMetadata:
-    return InstanceMetadata("gce", "1", network_interfaces=(
-        NetworkInterface(mac=MAC0, ip="10.128.0.2", forwarded_ips=fwd, forwarded_ipv6s=fwd6,
-                         ip_aliases=aliases, target_instance_ips=targets),
-        NetworkInterface(mac=MAC1, ip="10.129.0.3"),
-    ))
+    return gce_md("1", network_interfaces=(
+        NetworkInterface(mac=MAC0, ip="10.128.0.2"), NetworkInterface(mac=MAC1, ip="10.129.0.3"),
+    ), nics=(GceNic(MAC0, forwarded_ips=fwd, forwarded_ipv6s=fwd6, ip_aliases=aliases, target_instance_ips=targets),
+             GceNic(MAC1)))
 
 
 def test_forwarded_routes_appear_as_local_proto_66_scope_host(netns: str, tmp_path: Path) -> None:

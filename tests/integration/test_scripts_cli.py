@@ -49,6 +49,6 @@ def test_no_metadata_exits_2(tmp_path: Path) -> None:
     # a closed port on loopback: nothing listens there
     args = _parse(
         ["scripts", "shutdown", "--metadata-url", "http://127.0.0.1:9/computeMetadata/v1/",
-         "--root", str(tmp_path), "--wait", "0.5", "--backoff-max", "0.1"]
+         "--root", str(tmp_path), "--wait", "0.5", "--platform", "gce"]
     )  # fmt: skip
     assert scripts_cmd.run(args) == scripts_cmd.EXIT_NO_METADATA

@@ -105,7 +105,7 @@ def test_blackhole_accepts_connection(demo_sim: Simulator) -> None:
 def test_flap(demo_sim: Simulator) -> None:
     demo_sim.add_fault("instance/*", kind="flap", period=0.3, status=503)
     seen: set[int] = set()
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 30  # ends as soon as both are seen; generous under load
     while time.monotonic() < deadline and len(seen) < 2:
         seen.add(get(demo_sim, "instance/name").status_code)
         time.sleep(0.05)

@@ -189,12 +189,13 @@ def test_wrong_mode_is_repaired_without_changing_content() -> None:
 
 
 def test_rejections_become_notes_without_key_material() -> None:
-    from guestagent.domain.gce import parse_gce
+    from guestagent.domain.platforms.gce import parse_gce
 
     md = parse_gce({"instance": {"id": 1, "attributes": {"ssh-keys": "bad user:ssh-ed25519 AAAAC3Nza"}}})
     result = acc.plan(acc.desired(md, NOW), current(), Accounts())
     assert result.actions == ()
-    assert len(result.notes) == 1 and "AAAA" not in result.notes[0]
+    (rejection,) = md.rejections_for("accounts")
+    assert "AAAA" not in rejection.describe() and not rejection.holds
 
 
 def test_descriptions_never_contain_keys() -> None:

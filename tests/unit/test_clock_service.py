@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guestagent.adapters.fakes import RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.adapters.system_clock import SystemClock
@@ -13,6 +12,8 @@ from guestagent.domain.config import Clock, Config
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.services.clock import ClockSubsystem
 from guestagent.services.context import Context
+from tests.fakes import RecordingRunner
+from tests.gce_metadata import gce_md
 
 
 def recorder() -> RecordingRunner:
@@ -35,7 +36,7 @@ def ctx_for(
 
 
 def token(value: str | None) -> InstanceMetadata:
-    return InstanceMetadata("gce", "1", clock_drift_token=value)
+    return gce_md("1", clock_drift_token=value)
 
 
 def test_first_sight_does_not_resync_but_records(tmp_path: Path) -> None:
@@ -105,7 +106,7 @@ def test_no_token_leaves_everything_alone(tmp_path: Path) -> None:
 
 def test_clock_inputs_are_just_the_token() -> None:
     sub = ClockSubsystem()
-    assert sub.inputs(token("5")) == sub.inputs(InstanceMetadata("gce", "2", hostname="x", clock_drift_token="5"))
+    assert sub.inputs(token("5")) == sub.inputs(gce_md("2", hostname="x", clock_drift_token="5"))
 
 
 def test_under_a_sandbox_root_the_clock_is_never_stepped(tmp_path: Path) -> None:

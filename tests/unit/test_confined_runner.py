@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from guestagent.adapters.confined_runner import REFUSED, ConfinedRunner
-from guestagent.adapters.fakes import RecordingRunner
+from tests.fakes import RecordingRunner
 
 ROOT = "/tmp/sandbox"
 

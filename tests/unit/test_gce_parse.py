@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from guestagent.domain.gce import MetadataError, parse_gce
+from guestagent.domain.platforms.gce import MetadataError, gce, parse_gce
 from tests.keys import ECDSA, ED25519, ED25519_BOB, RSA
 
 
@@ -32,7 +32,7 @@ def test_instance_and_project_keys_are_merged() -> None:
     assert users_keys(md) == [("alice", ED25519), ("bob", ED25519_BOB)]
     assert md.instance_id == "4520031799277581759"
     assert md.hostname == "vm-1.c.proj.internal"
-    assert md.numeric_project_id == "123456789012"
+    assert gce(md).numeric_project_id == "123456789012"
 
 
 @pytest.mark.parametrize("value", ["true", "TRUE", "True", "1"])
@@ -102,9 +102,9 @@ def test_bad_lines_are_rejected_one_by_one_with_reasons() -> None:
 
 
 def test_enable_oslogin_instance_overrides_project() -> None:
-    assert parse_gce(doc({"enable-oslogin": "FALSE"}, {"enable-oslogin": "true"})).oslogin_enabled is False
-    assert parse_gce(doc({}, {"enable-oslogin": "TRUE"})).oslogin_enabled is True
-    assert parse_gce(doc({"enable-oslogin": "maybe"}, {"enable-oslogin": "1"})).oslogin_enabled is True
+    assert gce(parse_gce(doc({"enable-oslogin": "FALSE"}, {"enable-oslogin": "true"}))).oslogin_enabled is False
+    assert gce(parse_gce(doc({}, {"enable-oslogin": "TRUE"}))).oslogin_enabled is True
+    assert gce(parse_gce(doc({"enable-oslogin": "maybe"}, {"enable-oslogin": "1"}))).oslogin_enabled is True
 
 
 def test_network_interfaces_and_clock_token() -> None:
@@ -126,14 +126,17 @@ def test_network_interfaces_and_clock_token() -> None:
         )
     )
     [nic] = md.network_interfaces
-    assert nic.mac == "42:01:0a:80:00:02"
-    assert nic.forwarded_ips == ("10.128.0.100",)
-    assert nic.forwarded_ipv6s == ("2600:1900:4000:1::/96",)
-    assert nic.target_instance_ips == ("10.128.0.200",)
-    assert nic.ip_aliases == ("10.8.0.0/24",)
-    assert nic.mtu == 1460
-    assert md.clock_drift_token == "123"
-    assert [r.where for r in md.rejections] == ["instance/network-interfaces/0/forwarded-ips"]
+    [routes] = gce(md).nics
+    assert nic.mac == routes.mac == "42:01:0a:80:00:02"
+    assert (nic.ip, nic.gateway, nic.mtu) == ("10.128.0.2", "10.128.0.1", 1460)
+    assert routes.forwarded_ips == ("10.128.0.100",)
+    assert routes.forwarded_ipv6s == ("2600:1900:4000:1::/96",)
+    assert routes.target_instance_ips == ("10.128.0.200",)
+    assert routes.ip_aliases == ("10.8.0.0/24",)
+    assert gce(md).clock_drift_token == "123"
+    # The bad value concerns routes alone: only that subsystem logs it or runs again for it.
+    [bad] = md.rejections
+    assert (bad.where, bad.concerns, bad.holds) == ("instance/network-interfaces/0/forwarded-ips", "routes", False)
 
 
 @pytest.mark.parametrize(
@@ -146,6 +149,6 @@ def test_documents_without_an_instance_are_errors(bad: object) -> None:
 
 def test_attribute_precedence_helper() -> None:
     md = parse_gce(doc({"startup-script": "i"}, {"startup-script": "p", "shutdown-script": "s"}))
-    assert md.attribute("startup-script") == "i"
-    assert md.attribute("shutdown-script") == "s"
-    assert md.attribute("nothing") is None
+    assert gce(md).attribute("startup-script") == "i"
+    assert gce(md).attribute("shutdown-script") == "s"
+    assert gce(md).attribute("nothing") is None

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from guestagent.adapters.fakes import RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.adapters.system_clock import SystemClock
@@ -16,6 +15,7 @@ from guestagent.domain.metadata import InstanceMetadata, NetworkInterface
 from guestagent.ports.commands import CommandResult
 from guestagent.services.context import Context
 from guestagent.services.hostname import HostnameSubsystem
+from tests.fakes import RecordingRunner
 
 HOSTS = "127.0.0.1\tlocalhost\n::1 localhost ip6-localhost\n# keep me\n"
 

@@ -14,16 +14,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guestagent.adapters.fakes import FixedClock, RecordingGuestAttributes, RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.adapters.sysfs import SysfsWriter
 from guestagent.domain import instance_setup as setup
 from guestagent.domain.config import Config, Instance, InstanceSetup
-from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.commands import CommandResult
 from guestagent.services.context import Context
 from guestagent.services.instance_setup import InstanceSetupSubsystem, apply, report_sshable
+from tests.fakes import FixedClock, RecordingGuestAttributes, RecordingRunner
+from tests.gce_metadata import gce_md
 
 # ---- pure decisions
 
@@ -271,7 +271,7 @@ def _ctx(
     )
 
 
-META = InstanceMetadata(platform="gce", instance_id="4520031799277581759", numeric_project_id="123")
+META = gce_md("4520031799277581759", numeric_project_id="123")
 
 
 def test_first_boot_then_restart(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from guestagent.adapters.fakes import FixedClock, RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.domain import oslogin
@@ -20,6 +19,8 @@ from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.commands import CommandResult
 from guestagent.services.context import Context
 from guestagent.services.oslogin import OsLoginSubsystem
+from tests.fakes import FixedClock, RecordingRunner
+from tests.gce_metadata import gce_md
 
 DEBIAN_SSHD = """\
 Include /etc/ssh/sshd_config.d/*.conf
@@ -245,7 +246,7 @@ def _ctx(fs: LocalFileSystem, runner: RecordingRunner, root: str, cert: bool = F
 
 
 def _meta(enabled: bool) -> InstanceMetadata:
-    return InstanceMetadata(platform="gce", instance_id="1", oslogin_enabled=enabled)
+    return gce_md("1", oslogin_enabled=enabled)
 
 
 def _texts(tmp_path: Path) -> list[str]:

@@ -9,12 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestagent.adapters.fake_netlink import FakeNetlink
 from guestagent.domain import routes
 from guestagent.domain.config import Config, Daemons, IpForwarding, NetworkInterfaces
 from guestagent.domain.metadata import InstanceMetadata, NetworkInterface
 from guestagent.domain.nics import Link
+from guestagent.domain.platforms.gce import GceNic
 from guestagent.domain.routes import AddRoute, LocalRoute, RemoveRoute
+from tests.fake_netlink import FakeNetlink
+from tests.gce_metadata import gce_md
 
 MAC0 = "42:01:0a:80:00:02"
 MAC1 = "42:01:0a:81:00:03"
@@ -22,12 +24,13 @@ LINKS = [Link(2, "eth0", MAC0, True, ("10.128.0.2",)), Link(3, "eth1", MAC1, Tru
 PROTO = 66
 
 
-def nic(mac: str = MAC0, **fields: tuple[str, ...]) -> NetworkInterface:
-    return NetworkInterface(mac=mac, ip="10.128.0.2", **fields)  # type: ignore[arg-type]
+def nic(mac: str = MAC0, **fields: tuple[str, ...]) -> GceNic:
+    return GceNic(mac=mac, **fields)  # type: ignore[arg-type]
 
 
-def metadata(*nics: NetworkInterface) -> InstanceMetadata:
-    return InstanceMetadata(platform="gce", instance_id="1", network_interfaces=nics)
+def metadata(*nics: GceNic) -> InstanceMetadata:
+    neutral = [NetworkInterface(mac=n.mac, ip="10.128.0.2") for n in nics]
+    return gce_md("1", network_interfaces=neutral, nics=nics)
 
 
 def ours(dst: str, dev: str = "eth0") -> LocalRoute:

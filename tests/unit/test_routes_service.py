@@ -6,21 +6,24 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 
-from guestagent.adapters.fake_netlink import FakeNetlink
-from guestagent.adapters.fakes import RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.adapters.system_clock import SystemClock
 from guestagent.domain.config import Config, Daemons, NetworkInterfaces
 from guestagent.domain.metadata import InstanceMetadata, NetworkInterface
 from guestagent.domain.nics import Link
+from guestagent.domain.platforms.gce import GceNic
 from guestagent.domain.routes import LocalRoute
 from guestagent.ports.netlink import Netlink, NetlinkFailure
 from guestagent.services.context import Context
 from guestagent.services.nics import NicsSubsystem
 from guestagent.services.routes import RoutesSubsystem
+from tests.fake_netlink import FakeNetlink
+from tests.fakes import RecordingRunner
+from tests.gce_metadata import gce_md
 
 MAC0, MAC1 = "42:01:0a:80:00:02", "42:01:0a:81:00:03"
 
@@ -48,10 +51,9 @@ def context(tmp_path: Path, netlink: Callable[[], Netlink] | None, config: Confi
 
 def metadata(fwd: tuple[str, ...] = ("10.128.0.100",), aliases: tuple[str, ...] = ("10.8.0.0/24",),
              fwd6: tuple[str, ...] = ("2600:1900::5",)) -> InstanceMetadata:
-    return InstanceMetadata("gce", "1", network_interfaces=(
-        NetworkInterface(mac=MAC0, ip="10.128.0.2", forwarded_ips=fwd, ip_aliases=aliases, forwarded_ipv6s=fwd6),
-        NetworkInterface(mac=MAC1, ip="10.129.0.3"),
-    ))
+    return gce_md("1", network_interfaces=(
+        NetworkInterface(mac=MAC0, ip="10.128.0.2"), NetworkInterface(mac=MAC1, ip="10.129.0.3"),
+    ), nics=(GceNic(MAC0, forwarded_ips=fwd, ip_aliases=aliases, forwarded_ipv6s=fwd6), GceNic(MAC1)))
 
 
 def test_routes_are_added_then_a_second_pass_does_nothing(tmp_path: Path) -> None:
@@ -142,7 +144,7 @@ def test_refused_alias_is_logged_once_across_passes(tmp_path: Path, caplog: pyte
 def test_routes_inputs_ignore_unrelated_metadata() -> None:
     sub = RoutesSubsystem()
     a = metadata()
-    b = InstanceMetadata("gce", "2", hostname="other", network_interfaces=a.network_interfaces)
+    b = attrs.evolve(a, instance_id="2", hostname="other")
     assert sub.inputs(a) == sub.inputs(b)
     assert sub.inputs(a) != sub.inputs(metadata(fwd=("10.128.0.101",)))
 
@@ -193,9 +195,9 @@ def test_failed_dhcp_is_reported(tmp_path: Path) -> None:
 def test_missing_nic_asks_for_a_recheck_and_present_nics_do_not(tmp_path: Path) -> None:
     nl = FakeNetlink([Link(2, "eth0", MAC0, True)])  # eth1 not plugged in yet
     ctx = context(tmp_path, lambda: nl)
-    md = InstanceMetadata("gce", "1", network_interfaces=(
-        NetworkInterface(mac=MAC0, forwarded_ips=("10.128.0.100",)),
-        NetworkInterface(mac=MAC1, forwarded_ips=("10.129.0.100",)),
+    md = gce_md("1", network_interfaces=(NetworkInterface(mac=MAC0), NetworkInterface(mac=MAC1)), nics=(
+        GceNic(MAC0, forwarded_ips=("10.128.0.100",)),
+        GceNic(MAC1, forwarded_ips=("10.129.0.100",)),
     ))
     assert RoutesSubsystem().reconcile(ctx, md).wake_at is not None
     assert NicsSubsystem().reconcile(ctx, md).wake_at is not None

@@ -6,12 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import attrs
 
-from guestagent.adapters.fakes import FixedClock
 from guestagent.domain.config import Config
 from guestagent.domain.metadata import InstanceMetadata
+from guestagent.domain.platforms.gce import gce
 from guestagent.services.context import Context
 from guestagent.services.reconcile import Scheduler
 from guestagent.services.subsystem import Outcome
+from tests.fakes import FixedClock
+from tests.gce_metadata import gce_md
 
 T0 = datetime(2026, 11, 23, tzinfo=UTC)
 
@@ -29,7 +31,7 @@ class Probe:
         return True
 
     def inputs(self, metadata: InstanceMetadata) -> object:
-        return metadata.attribute(self.key)
+        return gce(metadata).attribute(self.key)
 
     def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
         self.runs += 1
@@ -44,7 +46,7 @@ def ctx(clock: FixedClock) -> Context:
 
 
 def md(**attrs_: str) -> InstanceMetadata:
-    return InstanceMetadata(platform="gce", instance_id="1", instance_attributes=attrs_)
+    return gce_md("1", instance_attributes=attrs_)
 
 
 def test_only_subsystems_whose_inputs_changed_run_again() -> None:

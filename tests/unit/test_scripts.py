@@ -9,7 +9,6 @@ from pathlib import Path
 import attrs
 import pytest
 
-from guestagent.adapters.fakes import FixedClock, RecordingRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.domain import scripts
@@ -19,12 +18,12 @@ from guestagent.ports.commands import CommandResult
 from guestagent.ports.scripts import FetchError, ScriptResult
 from guestagent.services.context import Context
 from guestagent.services.scripts import run_scripts
+from tests.fakes import FixedClock, RecordingRunner
+from tests.gce_metadata import from_attributes
 
 
 def _meta(instance: dict[str, str], project: dict[str, str] | None = None) -> InstanceMetadata:
-    return InstanceMetadata(
-        platform="gce", instance_id="1", instance_attributes=instance, project_attributes=project or {}
-    )
+    return from_attributes(instance, project)
 
 
 def test_url_script_runs_before_inline_script() -> None:

@@ -1,0 +1,66 @@
+"""What every HTTP metadata client shares: a session that ignores the environment,
+one mapping of transport errors to MetadataUnavailable, and a JSON parse that a
+hostile document cannot crash.
+
+Each guards against something seen in the field: proxies from the
+environment turning metadata requests into request storms (trust_env off),
+captive portals answering 200 with HTML (callers check their platform's
+header or content type before any parse), truncated bodies (urllib3
+enforces Content-Length; the parse catches the rest), and deeply nested JSON
+(domain.jsondoc bounds it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import requests
+
+from guestagent.domain.jsondoc import JsonRefused, loads
+from guestagent.domain.metadata import InstanceMetadata
+from guestagent.ports.metadata import MetadataUnavailable
+
+
+def new_session(headers: Mapping[str, str] | None = None) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # no proxies, no .netrc: metadata is always link-local
+    if headers:
+        session.headers.update(headers)
+    return session
+
+
+def request(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    timeout: tuple[float, float],
+    **kwargs: object,
+) -> requests.Response:
+    """One request; every transport failure becomes MetadataUnavailable with a plain reason."""
+    try:
+        return session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs)  # type: ignore[arg-type]
+    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
+        raise MetadataUnavailable("metadata response was cut short (truncated body)") from exc
+    except requests.Timeout as exc:
+        raise MetadataUnavailable(f"metadata server did not answer within {timeout[1]:g}s") from exc
+    except requests.RequestException as exc:
+        raise MetadataUnavailable(f"metadata server unreachable: {exc.__class__.__name__}") from exc
+
+
+def json_body(response: requests.Response) -> object:
+    try:
+        return loads(response.content)
+    except JsonRefused as exc:
+        raise MetadataUnavailable(f"metadata body refused: {exc}") from exc
+
+
+def parse_or_unavailable(parse: Callable[[object], InstanceMetadata], document: object) -> InstanceMetadata:
+    """Run a platform parser; a document it cannot read is treated like a server that is
+    down (retried), and so is a bug in the parser: no thread of the agent dies of it."""
+    try:
+        return parse(document)
+    except ValueError as exc:
+        raise MetadataUnavailable(f"unusable metadata: {exc}") from exc
+    except Exception as exc:  # a parser crash must not kill the watcher
+        raise MetadataUnavailable(f"metadata could not be parsed ({exc.__class__.__name__})") from exc

@@ -1,0 +1,42 @@
+"""What a platform's transport module declares: how to open it and how to recognise it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import attrs
+
+from guestagent.domain.config import Config
+from guestagent.ports.metadata import MetadataSource
+
+
+@attrs.frozen
+class ProviderOptions:
+    """What opening or probing a provider may depend on."""
+
+    # --metadata-url: the service's base address; None means the platform's own default.
+    url: str | None = None
+    # Local media (seed directories, volumes, DMI, the kernel command line) are read under it.
+    root: str = "/"
+    config: Config = attrs.field(factory=Config)
+    backoff_max: float = 30.0
+
+
+@attrs.frozen
+class ProviderSpec:
+    """One platform, as the registry and detection see it.
+
+    Detection asks, in this order and each bounded: `dmi` (pure: the DMI
+    fields -> a reason, or None), `local` (media on this machine -> a reason,
+    or None), then `probe` (a network request within `timeout` seconds -> a
+    reason, or None).
+    """
+
+    name: str
+    open: Callable[[ProviderOptions], MetadataSource]
+    default_url: str | None = None
+    dmi: Callable[[Mapping[str, str]], str | None] | None = None
+    local: Callable[[ProviderOptions], str | None] | None = None
+    probe: Callable[[ProviderOptions, float], str | None] | None = None
+    # The source also implements ports.metadata.GuestAttributes (a write-back channel).
+    guest_attributes: bool = False
