@@ -140,6 +140,8 @@ class Daemon:
     def run(self) -> int:
         snapshot = self._first_snapshot()
         if snapshot is None:
+            sd_notify("STOPPING=1")
+            self.source.close()
             return 0
         self._pass(snapshot.metadata)
         sd_notify("READY=1\nSTATUS=provisioned; watching metadata")

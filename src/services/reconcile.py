@@ -66,9 +66,10 @@ class Scheduler:
     ) -> None:
         state = self._state[subsystem.name]
         if outcome.held:
-            # Not run, so nothing settled: the next snapshot is looked at afresh, with no
-            # retry timer (only new metadata can make the input readable).
-            state.succeeded, state.retry_at = False, None
+            # Not run, so nothing settled: the next snapshot is looked at afresh. No retry
+            # timer and no wake time (only new metadata can make the input readable; a wake
+            # time left from an earlier pass would bring the loop straight back here).
+            state.succeeded, state.retry_at, state.wake_at = False, None, None
             return
         state.inputs = subsystem.inputs(metadata)
         state.wake_at = outcome.wake_at
