@@ -286,7 +286,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True)
     # Listed for --help; main() hands their arguments to guestsim.vm, which parses its own.
     sub.add_parser("image", help="build (or find in the cache) the QEMU guest image: image build [--deb P]")
-    sub.add_parser("vm", help="boot one QEMU guest against a simulator: vm --metadata-port P")
+    sub.add_parser("vm", help="boot one QEMU guest: vm [--metadata-port P] [--smbios gce|ec2] [--cdrom ISO]")
     return p
 
 

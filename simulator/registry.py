@@ -16,6 +16,7 @@ PLATFORMS: dict[str, str] = {
     "azure": "guestsim.platforms.azure:AzurePlatform",
     "digitalocean": "guestsim.platforms.digitalocean:DigitalOceanPlatform",
     "nocloud": "guestsim.platforms.nocloud:NoCloudPlatform",
+    "smartos": "guestsim.platforms.smartos:SmartOsPlatform",
 }
 ALIASES = {"do": "digitalocean", "aws": "ec2", "google": "gce"}
 

@@ -96,6 +96,13 @@ class Simulator:
 
     async def _start(self) -> None:
         self.port = await self.server.start(self.host, self._want_port)
+        # Platforms that reach the guest by another channel than HTTP (SmartOS: a unix
+        # socket per VM, joined to its serial port) open it on this loop.
+        for inst in self.server.instances:
+            for plat in inst.platforms.values():
+                opener = getattr(plat, "open_channel", None)
+                if opener is not None:
+                    await opener(self.server)
         if self._want_control is not None:
             from .control import ControlServer
 
@@ -105,6 +112,11 @@ class Simulator:
     async def _shutdown(self) -> None:
         if self._control is not None:
             await self._control.stop()
+        for inst in self.server.instances:
+            for plat in inst.platforms.values():
+                closer = getattr(plat, "close_channel", None)
+                if closer is not None:
+                    await closer()
         await self.server.stop()
 
     def stop(self) -> None:
@@ -162,6 +174,12 @@ class Simulator:
         inst = self.server.instance(instance)
         port = inst.port if inst.port is not None else self.port
         return host_url(self.host, port) + inst.platforms[name].base_path
+
+    def serial_socket(self, platform: str = "smartos", instance: str | None = None) -> str:
+        """The unix socket where `platform` serves a VM's metadata serial line (SmartOS):
+        join a QEMU serial port to it, or connect to it as an LX zone would."""
+        path: str = self.call(lambda: self._plat(platform, instance).socket_path)
+        return path
 
     @property
     def control_url(self) -> str | None:

@@ -24,6 +24,10 @@ def droplet_id(scn: Scenario) -> int:
 def render_tree(scn: Scenario) -> dict[str, Node]:
     public: list[Node] = []
     private: list[Node] = []
+    # One interface entry per NIC (per MAC): a droplet's public and private networks
+    # are separate NICs, and DigitalOcean never lists one MAC twice. A NIC with a public
+    # address is a public interface; its private address is the one a droplet's public
+    # NIC carries besides it, the anchor address.
     for nic in scn.interfaces:
         if nic.public_ip:
             entry: dict[str, Node] = {
@@ -34,8 +38,11 @@ def render_tree(scn: Scenario) -> dict[str, Node]:
             if nic.ipv6:
                 entry["ipv6"] = {"ip_address": nic.ipv6[0], "cidr": nic.ipv6_prefix,
                                  "gateway": nic.ipv6_gateway or ""}
+            if nic.ip:
+                entry["anchor_ipv4"] = {"ip_address": nic.ip, "netmask": nic.netmask,
+                                        "gateway": nic.gateway or ""}
             public.append(entry)
-        if nic.ip:
+        elif nic.ip:
             private.append({"ipv4": {"ip_address": nic.ip, "netmask": nic.netmask,
                                      "gateway": nic.gateway or ""},
                             "mac": nic.mac, "type": "private"})

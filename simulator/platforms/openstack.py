@@ -48,9 +48,15 @@ def network_data(scn: Scenario) -> dict[str, Node]:
         link = f"tap{i:02d}-{nic.mac.replace(':', '')[-6:]}"
         links.append({"id": link, "type": "ovs", "ethernet_mac_address": nic.mac,
                       "mtu": nic.mtu, "vif_id": f"{scn.uuid[:8]}-vif-{i}"})
-        if nic.ip:
+        # Nova: a subnet with DHCP enabled is `ipv4_dhcp` and carries no address; only a
+        # subnet without DHCP is a static `ipv4` network with address, netmask, routes and
+        # DNS. Every static subnet with a gateway gets its own default route.
+        if nic.dhcp:
+            networks.append({"id": f"network{len(networks)}", "type": "ipv4_dhcp", "link": link,
+                             "network_id": nic.network})
+        elif nic.ip:
             routes: list[Node] = []
-            if nic.gateway and i == 0:
+            if nic.gateway:
                 routes.append({"network": ANY4, "netmask": ANY4,
                                "gateway": nic.gateway})
             networks.append({"id": f"network{len(networks)}", "type": "ipv4", "link": link,
@@ -58,14 +64,14 @@ def network_data(scn: Scenario) -> dict[str, Node]:
                              "network_id": nic.network,
                              "services": [{"type": "dns", "address": a}
                                           for a in scn.nameservers]})
-        elif nic.dhcp:
-            networks.append({"id": f"network{len(networks)}", "type": "ipv4_dhcp", "link": link,
-                             "network_id": nic.network})
         for addr in nic.ipv6:
+            # On a DHCP NIC the IPv6 subnet autoconfigures (Nova: `ipv6_slaac`, address
+            # still listed); without DHCP it is static `ipv6`.
             routes6: list[Node] = []
-            if nic.ipv6_gateway and i == 0:
+            if nic.ipv6_gateway:
                 routes6.append({"network": "::", "netmask": "::", "gateway": nic.ipv6_gateway})
-            networks.append({"id": f"network{len(networks)}", "type": "ipv6", "link": link,
+            networks.append({"id": f"network{len(networks)}",
+                             "type": "ipv6_slaac" if nic.dhcp else "ipv6", "link": link,
                              "ip_address": addr, "netmask": _v6mask(nic.ipv6_prefix),
                              "routes": routes6, "network_id": nic.network})
     return {"links": links, "networks": networks,

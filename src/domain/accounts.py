@@ -41,6 +41,10 @@ class Layout:
     sudoers_path: str = SUDOERS_PATH
     state_path: str = STATE_PATH
     marker: str = authorized_keys.MARKER
+    # System accounts the platform itself names as its keys' owner (the CPIO metadata
+    # device's authorized_keys and SmartOS's root_authorized_keys). Managed on that platform only,
+    # without [Accounts] allowed_system_users, and never put in the sudo group.
+    platform_users: frozenset[str] = frozenset()
 
     @property
     def sudoers_text(self) -> str:
@@ -48,6 +52,9 @@ class Layout:
 
 
 GCE_LAYOUT = Layout()
+PLATFORM_USERS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {"cpio": frozenset({"root"}), "smartos": frozenset({"root"})}
+)
 
 
 def layout_for(platform: str) -> Layout:
@@ -58,6 +65,7 @@ def layout_for(platform: str) -> Layout:
         sudoers_path="/etc/sudoers.d/guestagent",
         state_path=f"/var/lib/guestagent/{platform}_users",
         marker=authorized_keys.AGENT_MARKER,
+        platform_users=PLATFORM_USERS.get(platform, frozenset()),
     )
 
 
@@ -297,10 +305,11 @@ def plan(
     sudo_group = layout.sudo_group
     notes = list(want.notes)
     reserved = system_users(have)
+    allowed = (*config.allowed_system_users, *layout.platform_users)
     wanted: dict[str, tuple[str, ...]] = {}
     for user, lines in want.keys.items():
         try:
-            check_username(user, reserved, config.allowed_system_users)
+            check_username(user, reserved, allowed)
         except Invalid as exc:
             notes.append(f"refused user {user!r}: {exc}")
             continue
@@ -309,7 +318,10 @@ def plan(
     actions: list[Action] = []
     groups = dict(have.groups)
     # The default user may be kept out of sudo ([Accounts] default_user_sudo = false).
-    sudoers = {u for u in wanted if u != want.default_user or config.default_user_sudo}
+    sudoers = {
+        u for u in wanted
+        if u not in layout.platform_users and (u != want.default_user or config.default_user_sudo)
+    }
     if sudoers and sudo_group not in groups:
         actions.append(CreateGroup(sudo_group))
         groups[sudo_group] = frozenset()

@@ -64,7 +64,11 @@ class Accounts:
 
 @attrs.frozen
 class Core:
-    platform: str = _opt("auto", "the platform to read (auto, gce, ec2, nocloud); auto detects it")
+    platform: str = _opt(
+        "auto",
+        "the platform to read: auto (detect it), gce, openstack, ec2, nocloud, digitalocean, smartos, "
+        "vmware or cpio",
+    )
     detect_timeout: float = _opt(
         10.0, "seconds platform detection may take in all (network probes included)"
     )
@@ -88,10 +92,60 @@ class NoCloud:
 
 
 @attrs.frozen
+class OpenStack:
+    poll_interval: float = _opt(
+        60.0,
+        "seconds between polls of the OpenStack metadata service (a config drive is read once)",
+    )
+
+
+@attrs.frozen
+class DigitalOcean:
+    poll_interval: float = _opt(10.0, "seconds between metadata polls (DigitalOcean has no long poll)")
+    link_local: bool = _opt(
+        True,
+        "false never puts the temporary 169.254.0.0/16 address on the first NIC that reaches "
+        "the metadata service before the droplet's own addresses are up",
+    )
+
+
+@attrs.frozen
+class VMware:
+    poll_interval: float = _opt(
+        60.0, "seconds between guestinfo reads through vmware-rpctool; 0 reads it once"
+    )
+
+
+@attrs.frozen
+class FirstBoot:
+    enabled: bool = _opt(True, "false never runs first-boot scripts (the CPIO device's firstboot.sh, ...)")
+    run_user_data: bool = _opt(
+        False, "true also runs user data that starts with #! as a first-boot script, once per instance"
+    )
+    timeout: float = _opt(
+        0.0, "seconds a first-boot script may run before it is killed (it then runs again); 0: no limit"
+    )
+
+
+@attrs.frozen
+class SmartOS:
+    device: str = _opt(
+        "/dev/ttyS1",
+        "the metadata channel: the serial port (KVM/bhyve guests: COM2) or a unix socket "
+        "(read under --root; a zone's /native/.zonecontrol/metadata.sock is found by itself)",
+    )
+    poll_interval: float = _opt(
+        30.0, "seconds between metadata reads (SmartOS has no change notification)"
+    )
+
+
+@attrs.frozen
 class Daemons:
     accounts_daemon: bool = _opt(True, "false disables accounts and SSH keys")
     clock_skew_daemon: bool = _opt(True, "false disables clock resync on drift-token change")
-    network_daemon: bool = _opt(True, "false disables NIC setup and forwarded-IP routes")
+    network_daemon: bool = _opt(
+        True, "false disables NIC setup, forwarded-IP routes and static networking"
+    )
     ip_forwarding_daemon: bool = _opt(True, "deprecated: false skips forwarded-IP routes")
 
 
@@ -142,6 +196,18 @@ class NetworkInterfaces:
 
 
 @attrs.frozen
+class Network:
+    enabled: bool = _opt(
+        True, "false leaves static NICs (addresses, routes, MTU) and their DNS to the image"
+    )
+    dns: str = _opt(
+        "auto",
+        "how DNS from metadata reaches the resolver: auto (detect), resolved, resolvconf, "
+        "file (/etc/resolv.conf) or none",
+    )
+
+
+@attrs.frozen
 class OSLogin:
     cert_authentication: bool = _opt(
         False, "true adds TrustedUserCAKeys for OS Login certificates to sshd_config"
@@ -166,10 +232,16 @@ class Config:
     IpForwarding: IpForwarding = attrs.field(factory=IpForwarding)
     MetadataScripts: MetadataScripts = attrs.field(factory=MetadataScripts)
     NetworkInterfaces: NetworkInterfaces = attrs.field(factory=NetworkInterfaces)
+    Network: Network = attrs.field(factory=Network)
     OSLogin: OSLogin = attrs.field(factory=OSLogin)
     Clock: Clock = attrs.field(factory=Clock)
     EC2: EC2 = attrs.field(factory=EC2)
     NoCloud: NoCloud = attrs.field(factory=NoCloud)
+    SmartOS: SmartOS = attrs.field(factory=SmartOS)
+    VMware: VMware = attrs.field(factory=VMware)
+    FirstBoot: FirstBoot = attrs.field(factory=FirstBoot)
+    DigitalOcean: DigitalOcean = attrs.field(factory=DigitalOcean)
+    OpenStack: OpenStack = attrs.field(factory=OpenStack)
 
 
 # One line of instance_configs.cfg per option, for the reference in docs/configuration.md.
@@ -193,6 +265,15 @@ EXAMPLES = {
     "EC2.token_ttl": "token_ttl = 3600",
     "NoCloud.seed_dir": "seed_dir = /var/lib/cloud/seed/nocloud-net",
     "NoCloud.poll_interval": "poll_interval = 300",
+    "SmartOS.device": "device = /dev/ttyS2",
+    "SmartOS.poll_interval": "poll_interval = 60",
+    "VMware.poll_interval": "poll_interval = 0",
+    "FirstBoot.enabled": "enabled = false",
+    "FirstBoot.run_user_data": "run_user_data = true",
+    "FirstBoot.timeout": "timeout = 1800",
+    "DigitalOcean.poll_interval": "poll_interval = 30",
+    "DigitalOcean.link_local": "link_local = false",
+    "OpenStack.poll_interval": "poll_interval = 300",
     "Daemons.accounts_daemon": "accounts_daemon = false",
     "Daemons.clock_skew_daemon": "clock_skew_daemon = false",
     "Daemons.network_daemon": "network_daemon = false",
@@ -217,6 +298,8 @@ EXAMPLES = {
     "NetworkInterfaces.setup": "setup = false",
     "NetworkInterfaces.ip_forwarding": "ip_forwarding = false",
     "NetworkInterfaces.dhcp_command": "dhcp_command = dhclient -1 {interface}",
+    "Network.enabled": "enabled = false",
+    "Network.dns": "dns = resolvconf",
     "OSLogin.cert_authentication": "cert_authentication = true",
     "Clock.sync_command": "sync_command = chronyc makestep",
 }

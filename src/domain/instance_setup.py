@@ -17,6 +17,13 @@ import attrs
 from guestagent.domain.config import InstanceSetup
 
 INSTANCE_ID_PATH = "/etc/google_instance_id"
+AGENT_INSTANCE_ID_PATH = "/var/lib/guestagent/instance-id"
+
+
+def instance_id_path(platform: str) -> str:
+    """Where the instance id of the last first boot is kept: Google's file on GCE (a guest
+    moved from Google's agent is not set up twice), the agent's own elsewhere."""
+    return INSTANCE_ID_PATH if platform == "gce" else AGENT_INSTANCE_ID_PATH
 SSH_DIR = "/etc/ssh"
 BOTO_PATH = "/etc/boto.cfg"
 PRIVATE_KEY_MODE = 0o600
@@ -235,7 +242,11 @@ class SetupPlan:
 
 
 def first_boot_actions(
-    instance_id: str, numeric_project_id: str | None, have: SetupCurrent, config: InstanceSetup
+    instance_id: str,
+    numeric_project_id: str | None,
+    have: SetupCurrent,
+    config: InstanceSetup,
+    id_path: str = INSTANCE_ID_PATH,
 ) -> tuple[list[Action], list[str]]:
     actions: list[Action] = []
     notes: list[str] = []
@@ -248,7 +259,7 @@ def first_boot_actions(
             actions.append(WriteBoto(BOTO_PATH, boto_config(numeric_project_id)))
         else:
             notes.append("metadata has no numeric project id; /etc/boto.cfg not written")
-    actions.append(RecordInstanceId(INSTANCE_ID_PATH, instance_id))
+    actions.append(RecordInstanceId(id_path, instance_id))
     return actions, notes
 
 
@@ -295,14 +306,14 @@ def local_ssd_actions(inputs: TuningInputs) -> list[Action]:
 
 def plan(
     instance_id: str, numeric_project_id: str | None, have: SetupCurrent, config: InstanceSetup,
-    can_publish: bool,
+    can_publish: bool, id_path: str = INSTANCE_ID_PATH,
 ) -> SetupPlan:  # fmt: skip
     """First-boot work (only with network_enabled, as Google's agent), then every-boot work."""
     actions: list[Action] = []
     notes: list[str] = []
     first = config.network_enabled and is_first_boot(instance_id, have.recorded_instance_id)
     if first:
-        more, said = first_boot_actions(instance_id, numeric_project_id, have, config)
+        more, said = first_boot_actions(instance_id, numeric_project_id, have, config, id_path)
         actions += more
         notes += said
     if config.network_enabled and config.set_host_keys and can_publish:

@@ -85,6 +85,8 @@ def plan(metadata: InstanceMetadata, links: Sequence[Link], config: NicsConfig) 
     notes: list[str] = []
     missing: list[str] = []
     for nic in metadata.network_interfaces[1:]:
+        if nic.static:
+            continue  # the network subsystem configures it: DHCP would fight it
         link = by_mac.get(nic.mac)
         if link is None:
             missing.append(nic.mac)

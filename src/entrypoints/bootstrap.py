@@ -20,6 +20,7 @@ from guestagent.adapters.passwd_users import PasswdFiles
 from guestagent.adapters.platforms.detect import detect
 from guestagent.adapters.platforms.registry import provider
 from guestagent.adapters.platforms.spec import ProviderOptions, ProviderSpec
+from guestagent.adapters.script_runner import SubprocessScriptRunner
 from guestagent.adapters.subprocess_runner import SubprocessRunner
 from guestagent.adapters.sysfs import SysfsWriter
 from guestagent.adapters.system_clock import SystemClock
@@ -151,6 +152,9 @@ def bootstrap(
     sandbox = SandboxPolicy(fs.root, options.netns)
     config = config if config is not None else read_config(options, fs)
     spec, popts, reason = choose_platform(attrs.evolve(options, root=fs.root), config)
+    # A transport may need the network before it has one (DigitalOcean's link-local
+    # bootstrap address): the same netlink the sandbox policy allows the subsystems.
+    popts = attrs.evolve(popts, netlink=sandbox.netlink())
     source = spec.open(popts)
     # The spec says whether its source is also a write-back channel.
     guest_attributes = cast(GuestAttributes, source) if spec.guest_attributes else None
@@ -167,6 +171,7 @@ def bootstrap(
         owns_machine=not sandbox.confined,
         sysfs=SysfsWriter(fs.root),
         log=log,
+        script_runner=SubprocessScriptRunner(),
     )
     chosen = tuple(subsystems) if subsystems is not None else tuple(all_subsystems())
     return Agent(ctx, source, chosen, tuple(tuple(lane) for lane in lanes), spec, reason)

@@ -126,9 +126,9 @@ class Daemon:
                 return
             self.stop.wait(backoff.next_delay())
 
-    def _pass(self, metadata: InstanceMetadata) -> list[Outcome]:
+    def _pass(self, metadata: InstanceMetadata, *, before_ready: bool = False) -> list[Outcome]:
         try:
-            outcomes = self.scheduler.run_due(self.ctx, metadata)
+            outcomes = self.scheduler.run_due(self.ctx, metadata, before_ready=before_ready)
         except Exception:  # subsystems are isolated already; this guards the scheduler
             self.ctx.log.exception("reconcile pass failed; the next snapshot or wake-up tries again")
             return []
@@ -143,9 +143,10 @@ class Daemon:
             sd_notify("STOPPING=1")
             self.source.close()
             return 0
-        self._pass(snapshot.metadata)
+        self._pass(snapshot.metadata, before_ready=True)
         sd_notify("READY=1\nSTATUS=provisioned; watching metadata")
         self.ctx.log.info("first pass done; watching for metadata changes")
+        self._pass(snapshot.metadata)  # what waited for READY (first-boot scripts)
         watcher = threading.Thread(target=self._watch, args=(snapshot.etag,), daemon=True)
         watcher.start()
         current = snapshot.metadata

@@ -13,6 +13,7 @@ from guestagent.ports.clock import Clock
 from guestagent.ports.commands import CommandRunner
 from guestagent.ports.filesystem import FileSystem
 from guestagent.ports.metadata import GuestAttributes
+from guestagent.ports.scripts import ScriptRunner
 from guestagent.ports.sysfs import KernelFiles
 from guestagent.ports.users import UsersView
 
@@ -43,4 +44,6 @@ class Context:
     )
     # In-place writes to /sys and /proc (instance-setup tuning); None skips tuning.
     sysfs: KernelFiles | None = None
+    # Runs first-boot scripts; None where the composition root wired none (nothing runs).
+    script_runner: ScriptRunner | None = None
     log: logging.Logger = attrs.field(factory=lambda: logging.getLogger("guestagent"))

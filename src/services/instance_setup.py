@@ -54,10 +54,10 @@ def observe_tuning(ctx: Context) -> domain.TuningInputs:
     return domain.TuningInputs(cpus, devices, interrupts, values, tx_queues, tuple(disks))
 
 
-def observe(ctx: Context) -> domain.SetupCurrent:
-    recorded = domain.recorded_instance_id(
-        ctx.fs.read_text(domain.INSTANCE_ID_PATH), ctx.config.Instance.instance_id
-    )
+def observe(ctx: Context, id_path: str = domain.INSTANCE_ID_PATH) -> domain.SetupCurrent:
+    # [Instance] instance_id is the old Python agent's record: Google's, read on GCE only.
+    legacy = ctx.config.Instance.instance_id if id_path == domain.INSTANCE_ID_PATH else ""
+    recorded = domain.recorded_instance_id(ctx.fs.read_text(id_path), legacy)
     setup = ctx.config.InstanceSetup
     # Without a kernel-attribute writer (an embedding program may not give one) there is
     # nothing to plan, so /sys is not even read.
@@ -177,12 +177,15 @@ class InstanceSetupSubsystem:
         return (metadata.instance_id, gce(metadata).numeric_project_id)
 
     def plan(self, ctx: Context, metadata: InstanceMetadata) -> domain.SetupPlan:
+        id_path = domain.instance_id_path(metadata.platform)
         return domain.plan(
             metadata.instance_id,
             gce(metadata).numeric_project_id if metadata.platform == PLATFORM else None,
-            observe(ctx),
+            observe(ctx, id_path),
             ctx.config.InstanceSetup,
-            can_publish=ctx.guest_attributes is not None and metadata.platform == PLATFORM,
+            # Only a platform with a write-back channel gets one (see bootstrap).
+            can_publish=ctx.guest_attributes is not None,
+            id_path=id_path,
         )
 
     def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from guestagent.domain import nics as domain
 from guestagent.domain.metadata import InstanceMetadata
+from guestagent.domain.network import network_skip
 from guestagent.ports.netlink import Netlink, NetlinkFailure
 from guestagent.services.context import Context
 from guestagent.services.journal import ApplyJournal, WarnOnce
@@ -20,7 +21,8 @@ class NicsSubsystem:
         self._warnings = WarnOnce("nics: ")
 
     def enabled(self, ctx: Context, metadata: InstanceMetadata) -> bool:
-        return ctx.netlink is not None and domain.nics_enabled(ctx.config)
+        # The CPIO device's `[network] skip` says the image sets its own network up.
+        return ctx.netlink is not None and domain.nics_enabled(ctx.config) and not network_skip(metadata)
 
     def inputs(self, metadata: InstanceMetadata) -> object:
         return tuple(n.mac for n in metadata.network_interfaces)

@@ -104,10 +104,18 @@ class Scheduler:
             outcomes.append(outcome)
         return outcomes
 
-    def run_due(self, ctx: Context, metadata: InstanceMetadata) -> list[Outcome]:
-        """Run what is due, lanes side by side; outcomes come back in registry order."""
+    def run_due(
+        self, ctx: Context, metadata: InstanceMetadata, *, before_ready: bool = False
+    ) -> list[Outcome]:
+        """Run what is due, lanes side by side; outcomes come back in registry order.
+
+        `before_ready` leaves out the subsystems marked `after_ready` (first-boot
+        scripts): the daemon's first pass, which sshd waits for, does not wait for them.
+        """
         lanes: dict[int, list[Subsystem]] = {}
         for subsystem in self.due(metadata, ctx.clock.now()):
+            if before_ready and getattr(subsystem, "after_ready", False):
+                continue
             lanes.setdefault(self._lane[subsystem.name], []).append(subsystem)
         if len(lanes) <= 1:
             results = [self._run_lane(ctx, metadata, lane) for lane in lanes.values()]

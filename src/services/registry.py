@@ -5,8 +5,15 @@ from __future__ import annotations
 from guestagent.services.subsystem import Subsystem
 
 # Subsystems in one lane run in this order; lanes run side by side (see Scheduler).
-# Accounts and OS Login share a lane: both decide who may log in.
-LANES = (("instance_setup",), ("accounts", "oslogin"), ("nics", "routes"), ("hostname",), ("clock",))
+# Accounts and OS Login share a lane: both decide who may log in. Static networking,
+# NICs and routes share one: all three write the kernel's tables, static addresses must be
+# on a link before nics looks for IPv4 on it, and a route needs its link up.
+# First-boot scripts run in a pass of their own after READY (they are `after_ready`), so
+# a long script never holds sshd back; by then the users they may need exist.
+LANES = (
+    ("instance_setup",), ("accounts", "oslogin"), ("network", "nics", "routes"), ("hostname",), ("clock",),
+    ("firstboot",),
+)
 
 
 def all_subsystems() -> list[Subsystem]:
@@ -14,19 +21,22 @@ def all_subsystems() -> list[Subsystem]:
     # the last clock token), and an embedding program may want its own set.
     from guestagent.services.accounts import AccountsSubsystem
     from guestagent.services.clock import ClockSubsystem
+    from guestagent.services.firstboot import FirstBootSubsystem
     from guestagent.services.hostname import HostnameSubsystem
     from guestagent.services.instance_setup import InstanceSetupSubsystem
+    from guestagent.services.network import NetworkSubsystem
     from guestagent.services.nics import NicsSubsystem
     from guestagent.services.oslogin import OsLoginSubsystem
     from guestagent.services.routes import RoutesSubsystem
 
-    # NICs before routes (same lane): the kernel refuses a route on a link that is down.
     return [
         InstanceSetupSubsystem(),
         AccountsSubsystem(),
         OsLoginSubsystem(),
+        NetworkSubsystem(),
         NicsSubsystem(),
         RoutesSubsystem(),
         HostnameSubsystem(),
         ClockSubsystem(),
+        FirstBootSubsystem(),
     ]

@@ -166,9 +166,13 @@ def test_sigkill_at_random_points_of_a_big_pass_then_a_run_converges(sandbox: Pa
     with Simulator(scenario({u: [ED25519] for u in users})) as sim:
         cmd = [*AGENT, "run", "--once", "--root", str(sandbox), "--metadata-url", sim.url("gce"), "--platform", "gce"]
         for _ in range(6):
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # Its own process group, killed whole: what systemd's stop does to the unit's
+            # cgroup, so no orphaned useradd is still holding /etc/passwd's lock afterwards.
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
             time.sleep(rng.uniform(0.2, 2.5))
-            proc.send_signal(signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -39,8 +39,10 @@ def check_default_user(sandbox: Path, platform: str, keys: list[str]) -> None:
     assert "debian" in (group_members(sandbox, "adm") or set())
     assert read(sandbox / f"var/lib/guestagent/{platform}_users") == "debian\n"
     assert read(sandbox / "etc/sudoers.d/guestagent") == "%guestagent-sudoers ALL=(ALL:ALL) NOPASSWD:ALL\n"
-    # Nothing of Google's: another platform's accounts live under the agent's own names.
+    # Nothing of Google's: another platform's accounts and records live under the agent's names.
     assert not (sandbox / "var/lib/google/google_users").exists()
+    assert not (sandbox / "etc/google_instance_id").exists()
+    assert (read(sandbox / "var/lib/guestagent/instance-id") or "").startswith("i-")
 
 
 @pytest.mark.parametrize("platform", ["ec2", "auto"])

@@ -125,3 +125,18 @@ def test_lanes_run_side_by_side_and_keep_their_order_inside() -> None:
     assert [o.subsystem for o in outcomes] == ["keys", "nics", "routes"]  # registry order
     assert all(o.ok for o in outcomes)
     assert order.index("nics") < order.index("routes")
+
+
+@attrs.define
+class LateProbe(Probe):
+    after_ready: bool = True
+
+
+def test_after_ready_subsystems_wait_for_the_pass_after_ready() -> None:
+    clock = FixedClock(T0)
+    users, scripts = Probe("accounts", "k"), LateProbe("firstboot", "k")
+    scheduler = Scheduler([users, scripts])
+    first = scheduler.run_due(ctx(clock), md(k="1"), before_ready=True)
+    assert [o.subsystem for o in first] == ["accounts"] and scripts.runs == 0
+    second = scheduler.run_due(ctx(clock), md(k="1"))
+    assert [o.subsystem for o in second] == ["firstboot"] and (users.runs, scripts.runs) == (1, 1)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from guestagent.adapters.platforms import ec2, gce, nocloud
+from guestagent.adapters.platforms import cpio, digitalocean, ec2, gce, nocloud, openstack, smartos, vmware
 from guestagent.adapters.platforms.spec import ProviderSpec
 
 PROVIDERS: tuple[ProviderSpec, ...] = (
     gce.PROVIDER,
+    # Before EC2: Nova serves EC2-style metadata too (i-0000000N ids under /latest/).
+    openstack.PROVIDER,
     ec2.PROVIDER,
     nocloud.PROVIDER,
+    digitalocean.PROVIDER,
+    # DMI "SmartDC ..."; locally only a zone's metadata socket (never a bare ttyS1).
+    smartos.PROVIDER,
+    vmware.PROVIDER,
+    # Local media after NoCloud's: a disk whose LBA 0 is a cpio archive.
+    cpio.PROVIDER,
 )
 
 

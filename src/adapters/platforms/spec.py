@@ -8,6 +8,7 @@ import attrs
 
 from guestagent.domain.config import Config
 from guestagent.ports.metadata import MetadataSource
+from guestagent.ports.netlink import Netlink
 
 
 @attrs.frozen
@@ -20,6 +21,9 @@ class ProviderOptions:
     root: str = "/"
     config: Config = attrs.field(factory=Config)
     backoff_max: float = 30.0
+    # Opens the kernel's links for a provider that must configure the network to reach its
+    # metadata service (DigitalOcean's link-local bootstrap); None: it may not (sandbox root).
+    netlink: Callable[[], Netlink] | None = None
 
 
 @attrs.frozen
