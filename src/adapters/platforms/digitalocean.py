@@ -290,19 +290,7 @@ def _body(response: requests.Response) -> bytes:
             f"DigitalOcean metadata answered an HTML page (Content-Type {content_type!r}), "
             "not the metadata service"
         )
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > DOCUMENT_MAX:
-        raise MetadataUnavailable(f"DigitalOcean metadata is larger than {DOCUMENT_MAX} bytes")
-    body = bytearray()
-    try:
-        for chunk in response.iter_content(_CHUNK):
-            body += chunk
-            if len(body) > DOCUMENT_MAX:
-                raise MetadataUnavailable(f"DigitalOcean metadata is larger than {DOCUMENT_MAX} bytes")
-    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
-        raise MetadataUnavailable("DigitalOcean metadata was cut short (truncated body)") from exc
-    except requests.RequestException as exc:
-        raise MetadataUnavailable(f"DigitalOcean metadata: {exc.__class__.__name__} while reading") from exc
+    body = http.read_body(response, "DigitalOcean metadata", DOCUMENT_MAX)
     if bytes(body[:64]).lstrip().startswith(b"<"):
         raise MetadataUnavailable("DigitalOcean metadata answered an HTML page, not the metadata service")
     return bytes(body)

@@ -280,20 +280,7 @@ class Ec2Metadata:
 
 def _read(response: requests.Response, limit: int, path: str) -> bytes:
     """At most `limit` bytes of a streamed body; more is refused, not cut."""
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise MetadataUnavailable(f"EC2 metadata {path} is larger than {limit} bytes")
-    body = bytearray()
-    try:
-        for chunk in response.iter_content(_CHUNK):
-            body += chunk
-            if len(body) > limit:
-                raise MetadataUnavailable(f"EC2 metadata {path} is larger than {limit} bytes")
-    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
-        raise MetadataUnavailable(f"EC2 metadata {path} was cut short (truncated body)") from exc
-    except requests.RequestException as exc:
-        raise MetadataUnavailable(f"EC2 metadata {path}: {exc.__class__.__name__} while reading") from exc
-    return bytes(body)
+    return http.read_body(response, f"EC2 metadata {path}", limit)
 
 
 def _refuse_html(response: requests.Response, body: bytes, path: str) -> None:

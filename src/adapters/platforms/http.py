@@ -12,6 +12,7 @@ enforces Content-Length; the parse catches the rest), and deeply nested JSON
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 
 import requests
@@ -64,3 +65,46 @@ def parse_or_unavailable(parse: Callable[[object], InstanceMetadata], document: 
         raise MetadataUnavailable(f"unusable metadata: {exc}") from exc
     except Exception as exc:  # a parser crash must not kill the watcher
         raise MetadataUnavailable(f"metadata could not be parsed ({exc.__class__.__name__})") from exc
+
+
+# A body that trickles in may hold a pass (and SIGTERM) no longer than this.
+BODY_DEADLINE = 30.0
+_CHUNK = 16 * 1024
+
+
+class BodyTooLarge(MetadataUnavailable):
+    """More than the caller's bound: refused whole, never cut (a cut key file is a lockout)."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} is larger than {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+def read_body(response: requests.Response, what: str, limit: int, deadline: float = BODY_DEADLINE) -> bytes:
+    """At most `limit` bytes of a streamed answer (`stream=True`) within `deadline` seconds.
+
+    `what` names the document in every message ("EC2 metadata public-keys/").
+    """
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(what, int(declared), limit)
+    body = bytearray()
+    give_up = time.monotonic() + deadline
+    try:
+        for chunk in response.iter_content(_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise BodyTooLarge(what, len(body), limit)
+            if time.monotonic() > give_up:
+                raise MetadataUnavailable(f"{what} took over {deadline:g}s to arrive")
+    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
+        raise MetadataUnavailable(f"{what} was cut short (truncated body)") from exc
+    except requests.RequestException as exc:
+        raise MetadataUnavailable(f"{what}: {exc.__class__.__name__} while reading") from exc
+    return bytes(body)
+
+
+def looks_like_html(response: requests.Response, body: bytes) -> bool:
+    """A captive portal or a proxy's error page: HTML where a metadata service sends data."""
+    return "html" in response.headers.get("Content-Type", "").lower() or body.lstrip().startswith(b"<")

@@ -39,7 +39,6 @@ import logging
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -269,23 +268,10 @@ class NoCloudMetadata:
             response.close()
 
     def _body(self, response: requests.Response, name: str) -> bytes:
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self.file_max:
-            raise media.FileTooLarge(name, int(declared), self.file_max)
-        body = bytearray()
-        deadline = time.monotonic() + BODY_DEADLINE
         try:
-            for chunk in response.iter_content(_CHUNK):
-                body += chunk
-                if len(body) > self.file_max:
-                    raise media.FileTooLarge(name, len(body), self.file_max)
-                if time.monotonic() > deadline:
-                    raise MetadataUnavailable(f"NoCloud seed {name} took over {BODY_DEADLINE:g}s to arrive")
-        except requests.RequestException as exc:
-            raise MetadataUnavailable(
-                f"NoCloud seed {name} was cut short ({exc.__class__.__name__})"
-            ) from exc
-        return bytes(body)
+            return http.read_body(response, f"NoCloud seed {name}", self.file_max)
+        except http.BodyTooLarge as exc:  # the callers hold only what this file feeds
+            raise media.FileTooLarge(name, exc.size, exc.limit) from exc
 
     def read(self, seed: SeedLocation, cmdline: CmdlineSeed | None) -> Snapshot:
         """One snapshot from `seed`; MetadataUnavailable with a reason when it cannot be used."""
