@@ -104,7 +104,3 @@ def read_body(response: requests.Response, what: str, limit: int, deadline: floa
         raise MetadataUnavailable(f"{what}: {exc.__class__.__name__} while reading") from exc
     return bytes(body)
 
-
-def looks_like_html(response: requests.Response, body: bytes) -> bool:
-    """A captive portal or a proxy's error page: HTML where a metadata service sends data."""
-    return "html" in response.headers.get("Content-Type", "").lower() or body.lstrip().startswith(b"<")
