@@ -280,8 +280,8 @@ def parser() -> argparse.ArgumentParser:
     fr.add_argument("id", type=int)
 
     m = sub.add_parser("media", help="build provisioning media from a scenario")
-    m.add_argument("kind", choices=("config-drive", "azure-ovf", "nocloud-iso", "nocloud-dir",
-                                    "cpio"))
+    m.add_argument("kind", choices=("config-drive", "azure-ovf", "azure-ovf-udf", "nocloud-iso",
+                                    "nocloud-dir", "cpio"))
     m.add_argument("--scenario")
     m.add_argument("--out", required=True)
     # Listed for --help; main() hands their arguments to guestsim.vm, which parses its own.

@@ -1,6 +1,6 @@
 """Provisioning media built from a scenario: ISO images (OpenStack config
-drive, Azure OVF DVD, NoCloud cidata), a NoCloud seed directory, and the
-illumos raw CPIO device."""
+drive, Azure OVF DVD, NoCloud cidata), Azure's UDF-only OVF DVD, a NoCloud
+seed directory, and the illumos raw CPIO device."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from ..scenario import Fleet, Scenario, ScenarioLike, load_scenario
 from .configdrive import build_config_drive
 from .cpio import build_cpio_device
 from .nocloud import build_cidata_iso, build_seed_dir
-from .ovf import build_ovf_iso
+from .ovf import build_ovf_iso, build_ovf_udf
 
 BUILDERS: dict[str, Callable[[Scenario, Path], Path]] = {
     "config-drive": build_config_drive,
     "azure-ovf": build_ovf_iso,
+    "azure-ovf-udf": build_ovf_udf,
     "nocloud-iso": build_cidata_iso,
     "nocloud-dir": build_seed_dir,
     "cpio": build_cpio_device,
@@ -35,4 +36,4 @@ def build_media(kind: str, scenario: ScenarioLike, out: Path) -> Path:
 
 
 __all__ = ["BUILDERS", "build_cidata_iso", "build_config_drive", "build_cpio_device",
-           "build_media", "build_ovf_iso", "build_seed_dir"]
+           "build_media", "build_ovf_iso", "build_ovf_udf", "build_seed_dir"]

@@ -57,7 +57,9 @@ def render_tree(scn: Scenario) -> dict[str, Node]:
         "offer": "debian-12",
         "osProfile": {"adminUsername": admin.name if admin else "azureuser",
                       "computerName": scn.short_hostname,
-                      "disablePasswordAuthentication": "true"},
+                      # As the OVF says: password logins stay on for an admin given a password.
+                      "disablePasswordAuthentication":
+                          "false" if admin is not None and admin.password else "true"},
         "osType": "Linux",
         "provider": "Microsoft.Compute",
         "publicKeys": keys,

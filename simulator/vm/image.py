@@ -6,7 +6,7 @@ harness customisation, see rootfs.py) and the image directory (keyed by the
 base tarball and the .deb's sha256). The kernel and initrd sit beside the
 disk: QEMU boots them directly, no bootloader.
 
-    python -m guestsim.vm.image build [--deb PATH] [--cache-dir DIR]
+    python -m guestsim.vm.image build [--deb PATH] [--cache-dir DIR] [--network dhcp|static]
 """
 
 from __future__ import annotations
@@ -26,10 +26,36 @@ from guestsim.vm import cache, rootfs
 
 # Room for users' homes and logs on top of the ~450 MB system; the raw file is sparse.
 DISK_SIZE = "2G"
-# Agent layers kept in the cache, the newest first.
-KEEP_IMAGES = 3
+# Agent layers kept in the cache, the newest first (two variants per .deb).
+KEEP_IMAGES = 4
 # Changing how the layer is made must change its key, so this string is hashed too.
 LAYER_VERSION = "agent-layer-v1"
+# What the image builder ships beside the agent's own config file, as a cloud
+# image's builder would: the image's default user, which receives the keys a
+# platform gives without a user name (EC2's public-keys, NoCloud's meta-data).
+# The agent creates it, with passwordless sudo, when it first needs it; GCE's
+# keys name their users and never use it. The .deb does not ship this file
+# (the .distro layer is the image builder's), so dpkg never replaces it.
+DISTRO_CONFIG_PATH = "etc/default/instance_configs.cfg.distro"
+DEFAULT_USER = "debian"
+DISTRO_CONFIG = f"""\
+# Written by the guestagent test image builder (simulator/vm/image.py).
+[Accounts]
+default_user = {DEFAULT_USER}
+"""
+# The base image brings eth0 up by DHCP (ifupdown + dhclient). The "static"
+# variant has no eth0 stanza at all: the NIC stays down and nothing runs
+# dhclient, so the only addresses the guest gets are those the agent
+# configures from metadata (a DigitalOcean droplet, a SmartOS guest with
+# `dhcp: false` NICs). Only the loopback is configured by ifupdown.
+NETWORKS = ("dhcp", "static")
+STATIC_INTERFACES = """\
+# Written by the guestagent test image builder (simulator/vm/image.py): no eth0
+# stanza, the agent configures the NIC from the platform's metadata.
+source /etc/network/interfaces.d/*
+auto lo
+iface lo inet loopback
+"""
 # The agent's units, checked with `systemd-analyze verify` inside the new root:
 # a broken unit fails the build rather than a boot minutes later.
 UNITS = (
@@ -65,26 +91,35 @@ class ImagePaths:
         return all(p.exists() for p in (self.disk, self.kernel, self.initrd, self.harness_key))
 
 
-def image_key(base_tarball: Path, deb_path: Path) -> str:
-    return cache.digest(LAYER_VERSION, base_tarball.name, cache.file_digest(deb_path), DISK_SIZE)
+def image_key(base_tarball: Path, deb_path: Path, network: str = "dhcp") -> str:
+    parts = [LAYER_VERSION, base_tarball.name, cache.file_digest(deb_path), DISK_SIZE, DISTRO_CONFIG]
+    if network != "dhcp":  # the DHCP image keeps the key it always had
+        parts += [network, STATIC_INTERFACES]
+    return cache.digest(*parts)
 
 
-def build_image(cache_dir: Path, deb_path: Path) -> ImagePaths:
-    """Return the cached image for this .deb, building the missing layers first."""
+def build_image(cache_dir: Path, deb_path: Path, *, network: str = "dhcp") -> ImagePaths:
+    """Return the cached image for this .deb, building the missing layers first.
+
+    `network="static"`: the variant without DHCP on eth0 (see NETWORKS).
+    """
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {network!r}")
     cache_dir = cache_dir.resolve()
     base = rootfs.ensure_rootfs(rootfs.GUEST_BASE, cache_dir)
-    key = image_key(base, deb_path)
+    key = image_key(base, deb_path, network)
     final = cache_dir / f"image-{key}"
     with cache.locked(cache_dir, "image"):
         paths = ImagePaths.at(final, key)
         if paths.complete():
             return paths
         with cache.publishing(final) as scratch:
-            _build_layer(scratch, base, deb_path)
+            _build_layer(scratch, base, deb_path, network)
             (scratch / "manifest.json").write_text(
                 json.dumps(
                     {
                         "base": base.name,
+                        "network": network,
                         "deb": deb_path.name,
                         "deb_sha256": cache.file_digest(deb_path),
                         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -107,7 +142,7 @@ def _prune(cache_dir: Path, keep: Path, newest: int = KEEP_IMAGES) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _build_layer(scratch: Path, base: Path, deb_path: Path) -> None:
+def _build_layer(scratch: Path, base: Path, deb_path: Path, network: str = "dhcp") -> None:
     root = scratch / "rootfs"
     root.mkdir()
     try:
@@ -117,6 +152,9 @@ def _build_layer(scratch: Path, base: Path, deb_path: Path) -> None:
             check=True,
         )
         _install_deb(root, deb_path)
+        _write_distro_config(root)
+        if network == "static":
+            _write_static_interfaces(root)
         _verify_units(root)
         _authorize_harness(root, scratch / "harness_key")
         _copy_boot_files(root, scratch)
@@ -148,6 +186,20 @@ def _install_deb(root: Path, deb_path: Path) -> None:
         _chroot(root, "dpkg", "-i", str(inside))
     finally:
         (root / inside.relative_to("/")).unlink(missing_ok=True)
+
+
+def _write_distro_config(root: Path) -> None:
+    path = root / DISTRO_CONFIG_PATH
+    if path.exists():
+        raise RuntimeError(f"the .deb shipped /{DISTRO_CONFIG_PATH}: that file is the image builder's")
+    path.write_text(DISTRO_CONFIG)
+    os.chmod(path, 0o644)
+
+
+def _write_static_interfaces(root: Path) -> None:
+    path = root / "etc/network/interfaces"
+    path.write_text(STATIC_INTERFACES)
+    os.chmod(path, 0o644)
 
 
 def _verify_units(root: Path) -> None:
@@ -207,11 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     build = sub.add_parser("build", help="build (or find in the cache) the guest image")
     build.add_argument("--deb", type=Path, help="the guestagent .deb (default: build it)")
     build.add_argument("--cache-dir", type=Path, default=cache.default_cache_dir())
+    build.add_argument(
+        "--network", choices=NETWORKS, default="dhcp", help="static: no DHCP on eth0 (see NETWORKS)"
+    )
     args = parser.parse_args(argv)
 
     deb = args.deb or build_deb_from_checkout(args.cache_dir / "deb")
     started = time.monotonic()
-    paths = build_image(args.cache_dir, deb)
+    paths = build_image(args.cache_dir, deb, network=args.network)
     print(
         json.dumps(
             {

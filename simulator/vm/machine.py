@@ -6,6 +6,15 @@
 
 The overlay lives as long as the Vm, so `vm.reboot()` (power off, start QEMU
 again on the same disk) keeps what the guest wrote: users, host keys, state.
+
+What the guest sees of its platform (see qemu.py), all optional:
+
+    Vm(image, sim.port, runner, smbios=qemu.SMBIOS["ec2"])            # DMI says Amazon EC2
+    Vm(image, None, runner, cdrom=iso)                                # no metadata forward; /dev/sr0
+    Vm(image, None, runner, kernel_args=["ds=nocloud;s=file:///seed/"])
+    Vm(image, None, runner, disks=[cpio_img])                         # /dev/vdb, read-only
+    Vm(image, None, runner, serial_sockets=[sim.serial_socket("smartos")])  # COM2 = /dev/ttyS1
+    Vm(image, sim.port, runner, network=qemu.PUBLIC_NET)              # static address from metadata
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from guestsim.vm import console, qemu, ssh
@@ -29,24 +38,55 @@ class Vm:
     def __init__(
         self,
         image: ImagePaths,
-        metadata_port: int,
+        metadata_port: int | None,
         runner: qemu.Runner,
         *,
         workdir: Path | None = None,
         keep_dir: Path | None = None,
         ssh_port: int | None = None,
+        smbios: qemu.Smbios | None = None,
+        cdrom: Path | None = None,
+        kernel_args: Sequence[str] = (),
+        disks: Sequence[Path] = (),
+        serial_sockets: Sequence[Path | str] = (),
+        network: qemu.SlirpNet = qemu.DEFAULT_NET,
     ) -> None:
+        """`metadata_port` None: no guestfwd (the metadata is on local media, e.g. `cdrom`).
+        `cdrom` and `disks` are copied into the VM's directory, so every runner sees them and
+        the caller's files may go away; they stay attached (unchanged: read-only) across
+        reboots. `serial_sockets` are unix sockets someone else serves (the simulator's
+        SmartOS channel): QEMU connects to them, and a container runner gets their
+        directories mounted."""
         self.image = image
         self.metadata_port = metadata_port
         self.runner = runner
         self.ssh_port = ssh_port or qemu.free_port()
+        self.smbios = smbios
+        self.kernel_args = tuple(kernel_args)
+        self.serial_sockets = tuple(Path(p) for p in serial_sockets)
+        self.network = network
         # Short path: a unix socket path must stay under 108 bytes.
         self.files = qemu.VmFiles(Path(tempfile.mkdtemp(prefix="ga-vm-", dir=workdir)))
         self.keep_dir = keep_dir
         self._qemu: qemu.RunningQemu | None = None
         self.started_at = 0.0
         self.boots = 0
-        qemu.create_overlay(image.disk, self.files.overlay)
+        try:
+            self.cdrom: Path | None = None
+            if cdrom is not None:
+                self.cdrom = self.files.directory / "cdrom.iso"
+                shutil.copyfile(cdrom, self.cdrom)
+            self.disks: tuple[Path, ...] = ()
+            for i, disk in enumerate(disks, start=1):
+                copy = self.files.directory / f"disk{i}.img"
+                shutil.copyfile(disk, copy)
+                self.disks += (copy,)
+            qemu.create_overlay(image.disk, self.files.overlay)
+            # Checked now, not at start(): a bad kernel word or SMBIOS value fails before anything boots.
+            self.spec().argv()
+        except BaseException:
+            shutil.rmtree(self.files.directory, ignore_errors=True)
+            raise
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -57,6 +97,12 @@ class Vm:
             files=self.files,
             ssh_port=self.ssh_port,
             metadata_port=self.metadata_port,
+            smbios=self.smbios,
+            cdrom=self.cdrom,
+            kernel_args=self.kernel_args,
+            disks=self.disks,
+            serial_sockets=self.serial_sockets,
+            network=self.network,
         )
 
     def start(self) -> None:
@@ -65,7 +111,8 @@ class Vm:
             raise RuntimeError("VM already running")
         self.files.console_socket.unlink(missing_ok=True)
         self.started_at = time.monotonic()
-        self._qemu = self.runner.start(self.spec(), [self.files.directory], [self.image.directory])
+        shared = [self.files.directory, *dict.fromkeys(p.parent for p in self.serial_sockets)]
+        self._qemu = self.runner.start(self.spec(), shared, [self.image.directory])
         self.boots += 1
 
     def wait_for_ssh(self, timeout: float = 300) -> float:

@@ -6,17 +6,31 @@ so the guest reaches nothing but two forwards made for it:
   - guestfwd 169.254.169.254:80 -> `socat - TCP:127.0.0.1:METADATA_PORT`, one
     relay per guest connection, to the simulator on this machine's loopback.
 The metadata address exists only inside the guest's slirp network; this
-machine never sends anything to it.
+machine never sends anything to it. A guest given no metadata port (a
+NoCloud guest reading a cidata CD-ROM) gets no guestfwd at all.
+
+What a platform shows the guest besides the network is part of the spec too:
+an SMBIOS identity (`Smbios`, read by the agent's DMI detection under
+/sys/class/dmi/id; `SMBIOS["gce"]`, `SMBIOS["ec2"]` are the clouds' own
+values), a CD-ROM image (a NoCloud `cidata` or config-drive ISO, on a
+virtio-scsi CD drive: /dev/sr0 in the guest), and extra kernel command line
+words (`ds=nocloud;s=...`), extra read-only raw disks (the illumos CPIO
+metadata device: /dev/vdb, ...), extra serial ports joined to unix sockets
+(SmartOS's metadata channel on COM2, /dev/ttyS1) and the slirp network's
+addresses (`SlirpNet`: a guest that configures a static address from its
+metadata, not by DHCP, needs that address inside the network and the SSH
+forward pointed at it).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -59,34 +73,254 @@ class VmFiles:
         return self.directory / "serial.log"
 
 
+def _qemu_value(value: str) -> str:
+    """A value inside a QEMU `key=value,...` option: a comma is written twice."""
+    if any(c in value for c in "\n\r\x00"):
+        raise ValueError(f"QEMU option values are one line: {value!r}")
+    return value.replace(",", ",,")
+
+
+def _words(words: Iterable[str]) -> tuple[str, ...]:
+    return tuple(words)
+
+
+def _paths(paths: Iterable[Path]) -> tuple[Path, ...]:
+    return tuple(paths)
+
+
+@attrs.frozen
+class Smbios:
+    """The SMBIOS identity QEMU gives the guest, i.e. what it reads under /sys/class/dmi/id.
+
+    Type 1 (system): `manufacturer` -> sys_vendor, `product` -> product_name,
+    `version` -> product_version, `serial` -> product_serial, `uuid` ->
+    product_uuid. Type 0 (BIOS): `bios_vendor`, `bios_version`. Type 3
+    (chassis): `chassis_manufacturer` -> chassis_vendor, `chassis_asset_tag`
+    (Azure's detection hint). Empty fields are left to QEMU ("QEMU", "Standard
+    PC (Q35 + ICH9, 2009)", ...).
+    """
+
+    manufacturer: str = ""
+    product: str = ""
+    version: str = ""
+    serial: str = ""
+    uuid: str = ""
+    bios_vendor: str = ""
+    bios_version: str = ""
+    chassis_manufacturer: str = ""
+    chassis_asset_tag: str = ""
+
+    def argv(self) -> list[str]:
+        tables = (
+            ("type=0", (("vendor", self.bios_vendor), ("version", self.bios_version))),
+            (
+                "type=1",
+                (
+                    ("manufacturer", self.manufacturer),
+                    ("product", self.product),
+                    ("version", self.version),
+                    ("serial", self.serial),
+                    ("uuid", self.uuid),
+                ),
+            ),
+            (
+                "type=3",
+                (("manufacturer", self.chassis_manufacturer), ("asset", self.chassis_asset_tag)),
+            ),
+        )
+        argv: list[str] = []
+        for kind, fields in tables:
+            given = [f"{name}={_qemu_value(value)}" for name, value in fields if value]
+            if given:
+                argv += ["-smbios", ",".join([kind, *given])]
+        return argv
+
+
+# What the clouds' own VMs show (as read from real instances' /sys/class/dmi/id),
+# so a guest is detected the way it would be there.
+SMBIOS: dict[str, Smbios] = {
+    "gce": Smbios(
+        manufacturer="Google",
+        product="Google Compute Engine",
+        serial="GoogleCloud-4520031799277581759",
+        bios_vendor="Google",
+        bios_version="Google",
+        chassis_manufacturer="Google",
+    ),
+    # Nitro: the vendor says Amazon EC2, the product is the instance type, and
+    # the system UUID starts with "ec2".
+    "ec2": Smbios(
+        manufacturer="Amazon EC2",
+        product="t3.micro",
+        serial="ec2a3b1c-5d6e-7f80-91a2-b3c4d5e6f708",
+        uuid="ec2a3b1c-5d6e-7f80-91a2-b3c4d5e6f708",
+        bios_vendor="Amazon EC2",
+        bios_version="1.0",
+        chassis_manufacturer="Amazon EC2",
+        chassis_asset_tag="Amazon EC2",
+    ),
+    # OpenStack Nova (libvirt driver): manufacturer and product fixed, the version
+    # Nova's own, the UUID the instance's (a test may evolve it to its scenario's).
+    "openstack": Smbios(
+        manufacturer="OpenStack Foundation",
+        product="OpenStack Nova",
+        version="27.1.0",
+        serial="3c1b4e2a-52d5-4c3e-9a4f-0d6e1c2b3a41",
+        uuid="6f1e3c2a-8d4b-4f6e-9c1a-2b3d4e5f6a71",
+    ),
+    # A droplet: vendor DigitalOcean, product Droplet, the droplet id as serial.
+    "digitalocean": Smbios(
+        manufacturer="DigitalOcean",
+        product="Droplet",
+        version="20171212",
+        serial="317230081",
+        bios_vendor="DigitalOcean",
+        bios_version="20171212",
+    ),
+    # Triton KVM/bhyve guests: vendor Joyent, product "SmartDC HVM".
+    "smartos": Smbios(
+        manufacturer="Joyent",
+        product="SmartDC HVM",
+        version="7.20230316T003418Z",
+        bios_vendor="Joyent",
+        bios_version="bhyve-2023",
+    ),
+}
+
+
+METADATA_ADDRESS = ipaddress.IPv4Address("169.254.169.254")
+
+
+def _ipv4(text: str) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(text)
+
+
+@attrs.frozen
+class SlirpNet:
+    """The addresses of QEMU's user-mode network.
+
+    `net` holds the guest's addresses and 169.254.169.254 (libslirp answers ARP
+    and accepts a guestfwd only for an address inside it); `host` is slirp's
+    own address, the guest's gateway; `dhcpstart` is the first DHCP lease and
+    also where the SSH hostfwd delivers (libslirp's default guest address), so
+    a guest that configures a static address from its metadata must be given
+    that address here.
+    """
+
+    net: str = "169.254.0.0/16"
+    host: str = "169.254.169.2"
+    dhcpstart: str = "169.254.169.15"
+
+    def __attrs_post_init__(self) -> None:
+        network = ipaddress.IPv4Network(self.net, strict=True)
+        for name in ("host", "dhcpstart"):
+            if _ipv4(getattr(self, name)) not in network:
+                raise ValueError(f"slirp {name} {getattr(self, name)} is outside {self.net}")
+
+    def options(self, metadata: bool) -> list[str]:
+        if metadata and METADATA_ADDRESS not in ipaddress.IPv4Network(self.net):
+            raise ValueError(f"a guestfwd to {METADATA_ADDRESS} needs it inside {self.net}")
+        return [f"net={self.net}", f"host={self.host}", f"dhcpstart={self.dhcpstart}"]
+
+
+# The guest's network is link-local like GCE's metadata network; it gets
+# 169.254.169.15 by DHCP.
+DEFAULT_NET = SlirpNet()
+# A guest whose public address comes from metadata, not DHCP (a DigitalOcean
+# droplet): 160.0.0.0/4 holds both 169.254.169.254 (and the agent's temporary
+# 169.254.X.Y) and a non-link-local "public" 172.16.0.0/20, gateway 172.16.0.1.
+# The scenario's NIC must have public_ip 172.16.0.15 (the simulator's DO
+# document gives it /20 and gateway .1).
+PUBLIC_NET = SlirpNet(net="160.0.0.0/4", host="172.16.0.1", dhcpstart="172.16.0.15")
+
+
 @attrs.frozen
 class QemuSpec:
     kernel: Path
     initrd: Path
     files: VmFiles
     ssh_port: int
-    metadata_port: int
+    # The simulator's port on 127.0.0.1, reached from the guest at 169.254.169.254:80;
+    # None: no metadata forward at all (the guest's metadata is on local media).
+    metadata_port: int | None
     memory_mb: int = 1024
     cpus: int = 2
     mac: str = "42:01:0a:80:00:02"
+    smbios: Smbios | None = None
+    # An ISO image attached read-only as a CD-ROM (/dev/sr0); it must be where
+    # the runner shares it with QEMU (Vm copies it into the VM's directory).
+    cdrom: Path | None = None
+    # Words added to the kernel command line, each one word (no spaces).
+    kernel_args: tuple[str, ...] = attrs.field(default=(), converter=_words)
+    # Raw images attached read-only as virtio disks after the root disk
+    # (/dev/vdb, /dev/vdc, ...); like the CD-ROM, where the runner shares them.
+    disks: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
+    # Unix sockets (servers on this machine, e.g. the simulator's SmartOS
+    # channel) joined to extra serial ports: COM2 (/dev/ttyS1), COM3, ...
+    serial_sockets: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
+    network: SlirpNet = DEFAULT_NET
+
+    @kernel_args.validator
+    def _one_word_each(self, _attribute: object, value: tuple[str, ...]) -> None:
+        for word in value:
+            if not word or any(c.isspace() for c in word) or "\x00" in word:
+                raise ValueError(f"a kernel argument is one word: {word!r}")
 
     def netdev(self) -> str:
-        return ",".join(
-            [
-                "user",
-                "id=n0",
-                # The guest's network is link-local like GCE's metadata network;
-                # it gets 169.254.169.15 by DHCP.
-                "net=169.254.0.0/16",
-                "host=169.254.169.2",
-                "dhcpstart=169.254.169.15",
-                "restrict=on",
-                f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
-                # The -cmd form connects per guest connection; the -tcp form would
-                # connect once at start and fail while the simulator is down.
-                f"guestfwd=tcp:169.254.169.254:80-cmd:socat - TCP:127.0.0.1:{self.metadata_port}",
+        options = [
+            "user",
+            "id=n0",
+            *self.network.options(metadata=self.metadata_port is not None),
+            "restrict=on",
+            f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+        ]
+        if self.metadata_port is not None:
+            # The -cmd form connects per guest connection; the -tcp form would
+            # connect once at start and fail while the simulator is down.
+            options.append(
+                f"guestfwd=tcp:169.254.169.254:80-cmd:socat - TCP:127.0.0.1:{self.metadata_port}"
+            )
+        return ",".join(options)
+
+    def kernel_command_line(self) -> str:
+        return " ".join([KERNEL_APPEND, self.files.identity_arg, *self.kernel_args])
+
+    def cdrom_argv(self) -> list[str]:
+        if self.cdrom is None:
+            return []
+        # virtio-scsi + scsi-cd: the cloud kernel has both drivers (GCE's disks
+        # are virtio-scsi, Azure's provisioning DVD needs sr_mod); AHCI it may not.
+        return [
+            "-drive",
+            f"file={_qemu_value(str(self.cdrom))},if=none,id=cd0,media=cdrom,readonly=on,format=raw",
+            "-device",
+            "virtio-scsi-pci,id=scsi0",
+            "-device",
+            "scsi-cd,drive=cd0,bus=scsi0.0",
+        ]
+
+    def disks_argv(self) -> list[str]:
+        # if=virtio like the root disk, not -device virtio-blk-pci: QEMU creates the
+        # if=virtio devices after every -device, so an explicit device would take a
+        # lower PCI slot and become /dev/vda. Among if=virtio drives the order holds.
+        argv: list[str] = []
+        for disk in self.disks:
+            argv += ["-drive", f"file={_qemu_value(str(disk))},if=virtio,readonly=on,format=raw"]
+        return argv
+
+    def serial_sockets_argv(self) -> list[str]:
+        argv: list[str] = []
+        # COM1 (index 0) is the console; these follow it. reconnect=1: QEMU is the
+        # client and retries every second when the server is not there (yet, or any
+        # more) instead of failing at start or leaving the port dead after a hang-up.
+        for index, path in enumerate(self.serial_sockets, start=1):
+            argv += [
+                "-chardev",
+                f"socket,id=serial{index},path={_qemu_value(str(path))},reconnect=1",
+                "-device",
+                f"isa-serial,chardev=serial{index},index={index}",
             ]
-        )
+        return argv
 
     def argv(self) -> list[str]:
         serial = (
@@ -115,9 +349,12 @@ class QemuSpec:
             "-initrd",
             str(self.initrd),
             "-append",
-            f"{KERNEL_APPEND} {self.files.identity_arg}",
+            self.kernel_command_line(),
+            *(self.smbios.argv() if self.smbios is not None else []),
             "-drive",
             f"file={self.files.overlay},if=virtio,format=qcow2",
+            *self.disks_argv(),
+            *self.cdrom_argv(),
             "-netdev",
             self.netdev(),
             "-device",
@@ -128,6 +365,7 @@ class QemuSpec:
             serial,
             "-serial",
             "chardev:serial0",
+            *self.serial_sockets_argv(),
             "-device",
             "virtio-rng-pci",
         ]

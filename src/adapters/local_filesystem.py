@@ -50,7 +50,8 @@ class LocalFileSystem:
 
     def read_text(self, path: str) -> str | None:
         try:
-            with open(self.host_path(path), encoding="utf-8", errors="surrogateescape") as handle:
+            # newline="": a CRLF file read and written back stays byte for byte what it was.
+            with open(self.host_path(path), encoding="utf-8", errors="surrogateescape", newline="") as handle:
                 return handle.read()
         except FileNotFoundError:
             return None

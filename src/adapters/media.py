@@ -39,10 +39,12 @@ import itertools
 import os
 import stat
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, Protocol
 
 import attrs
+
+from guestagent.domain.platforms.common import Unreadable
 
 ISO_PVD_OFFSET = 0x8000
 SUPERBLOCK_BYTES = ISO_PVD_OFFSET + 2048
@@ -636,3 +638,25 @@ def open_volume(volume: Volume) -> Iterator[VolumeReader]:
             yield reader
         finally:
             reader.close()
+
+
+def labelled_volume(root: str, labels: Iterable[str]) -> Volume | None:
+    """The first volume under `root` labelled one of `labels`; None also when the scan fails."""
+    try:
+        return find_volume(root, labels)
+    except OSError:
+        return None
+
+
+def read_files(
+    names: Iterable[str], read: Callable[[str], bytes | None]
+) -> dict[str, bytes | Unreadable | None]:
+    """Each named file as `read` gives it (None: absent), in the order named; a file
+    larger than its bound (media.FileTooLarge) is Unreadable: only what it feeds holds."""
+    files: dict[str, bytes | Unreadable | None] = {}
+    for name in names:
+        try:
+            files[name] = read(name)
+        except FileTooLarge as exc:
+            files[name] = Unreadable(str(exc))
+    return files

@@ -22,10 +22,10 @@ import sys
 import types
 from typing import Any
 
-_loaded: tuple[Any, type[Exception]] | None = None
+_loaded: tuple[Any, Any] | None = None
 
 
-def iproute() -> tuple[Any, type[Exception]]:
+def iproute() -> tuple[Any, Any]:
     """(pyroute2's IPRoute class, its NetlinkError)."""
     global _loaded
     if _loaded is None:
@@ -33,7 +33,7 @@ def iproute() -> tuple[Any, type[Exception]]:
     return _loaded
 
 
-def _load() -> tuple[Any, type[Exception]]:
+def _load() -> tuple[Any, Any]:
     if "pyroute2" not in sys.modules:
         try:
             return _without_package_init()
@@ -46,7 +46,7 @@ def _load() -> tuple[Any, type[Exception]]:
     return IPRoute, NetlinkError
 
 
-def _without_package_init() -> tuple[Any, type[Exception]]:
+def _without_package_init() -> tuple[Any, Any]:
     spec = importlib.util.find_spec("pyroute2")
     if spec is None or spec.loader is None or not spec.submodule_search_locations:
         raise ImportError("pyroute2 is not an ordinary package here")
@@ -72,5 +72,5 @@ def _without_package_init() -> tuple[Any, type[Exception]]:
     linux = importlib.import_module("pyroute2.iproute")
     exceptions = importlib.import_module("pyroute2.netlink.exceptions")
     ipr: Any = linux.IPRoute
-    error: type[Exception] = exceptions.NetlinkError
+    error: Any = exceptions.NetlinkError
     return ipr, error

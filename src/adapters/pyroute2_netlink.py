@@ -38,7 +38,7 @@ class Pyroute2Netlink:
             # IPRoute without the rest of pyroute2's package (import cost: pyroute2_lite).
             from guestagent.adapters.pyroute2_lite import iproute
 
-            IPRoute = iproute()[0]  # noqa: N806 - the class, by its own name
+            IPRoute = iproute()[0]
             try:
                 if self._netns is None:
                     self._ipr = IPRoute()
@@ -54,7 +54,7 @@ class Pyroute2Netlink:
     def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
         from guestagent.adapters.pyroute2_lite import iproute
 
-        NetlinkError = iproute()[1]  # noqa: N806 - the class, by its own name
+        NetlinkError = iproute()[1]
         try:
             return getattr(self._conn(), method)(*args, **kwargs)
         except NetlinkError as exc:

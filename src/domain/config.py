@@ -66,8 +66,8 @@ class Accounts:
 class Core:
     platform: str = _opt(
         "auto",
-        "the platform to read: auto (detect it), gce, openstack, ec2, nocloud, digitalocean, smartos, "
-        "vmware or cpio",
+        "the platform to read: auto (detect it), gce, openstack, ec2, azure, nocloud, digitalocean, "
+        "smartos, vmware or cpio",
     )
     detect_timeout: float = _opt(
         10.0, "seconds platform detection may take in all (network probes included)"
@@ -97,6 +97,36 @@ class OpenStack:
         60.0,
         "seconds between polls of the OpenStack metadata service (a config drive is read once)",
     )
+
+
+@attrs.frozen
+class Azure:
+    provisioning: bool = _opt(
+        True,
+        "false leaves Azure provisioning (admin password, sshd password logins, root password, "
+        "custom data, the Ready report) to another agent (waagent.conf Provisioning.Agent)",
+    )
+    wireserver: str = _opt(
+        "", "the WireServer as HOST or HOST:PORT; empty: DHCP option 245 from the leases, else 168.63.129.16"
+    )
+    delete_root_password: bool = _opt(False, "true locks root's password when the VM is provisioned")
+    decode_custom_data: bool = _opt(
+        False, "true saves CustomData decoded; false as the base64 text the DVD carries"
+    )
+    monitor_hostname: bool = _opt(
+        True, "true publishes a hostname changed by hand to Azure's DNS (DHCP send host-name)"
+    )
+    monitor_hostname_period: float = _opt(30.0, "seconds between hostname checks")
+    password_crypt_id: str = _opt("6", "the admin password's hash: 6 (SHA-512) or 5 (SHA-256)")
+    password_crypt_salt_length: int = _opt(10, "length of the password hash's random salt (1 to 16)")
+    ssh_dir: str = _opt("/etc/ssh", "the directory holding sshd_config")
+    ssh_client_alive_interval: int = _opt(
+        180, "ClientAliveInterval set in sshd_config at provisioning; 0 leaves it alone"
+    )
+    http_proxy: str = _opt(
+        "", "http://HOST:PORT the WireServer client goes through (IMDS never uses a proxy); empty: none"
+    )
+    verbose: bool = _opt(False, "true logs at DEBUG, as --log-level DEBUG does")
 
 
 @attrs.frozen
@@ -223,6 +253,47 @@ class Clock:
 
 
 @attrs.frozen
+class ResourceDisk:
+    format: bool = _opt(
+        True, "false leaves the platform's resource disk alone: not formatted, mounted or used for swap"
+    )
+    filesystem: str = _opt(
+        "ext4",
+        "filesystem made on a fresh resource disk: ext4, ext3, ext2, xfs or btrfs (its mkfs must be "
+        "installed); ntfs leaves the disk as the platform made it",
+    )
+    mount_point: str = _opt("/mnt/resource", "where the resource disk is mounted (also in /etc/fstab)")
+    mount_options: str = _opt(
+        "", "options for mount -o (comma-separated); /etc/fstab also gets nofail and a device timeout"
+    )
+    enable_swap: bool = _opt(
+        False, "true makes a swap file (swapfile, swap_size_mb) on the resource disk and turns it on"
+    )
+    swap_size_mb: int = _opt(0, "size of the swap file in MiB")
+    platforms: tuple[str, ...] = _opt(
+        ("azure",),
+        "platforms on which the resource disk is looked for (the /dev/disk/azure/resource link, or "
+        "the one disk with an empty NTFS partition labelled Temporary Storage)",
+    )
+
+
+@attrs.frozen
+class RootGrow:
+    enabled: bool = _opt(
+        True, "false never grows the root partition and filesystem to the end of the disk (once per boot)"
+    )
+
+
+@attrs.frozen
+class MetadataFirewall:
+    root_only: bool = _opt(
+        False,
+        "true lets only root reach the metadata service (169.254.169.254, and fd00:ec2::254 on EC2): "
+        "an nftables table inet guestagent_metadata (iptables owner match without nft); false removes it",
+    )
+
+
+@attrs.frozen
 class Config:
     Core: Core = attrs.field(factory=Core)
     Accounts: Accounts = attrs.field(factory=Accounts)
@@ -242,10 +313,22 @@ class Config:
     FirstBoot: FirstBoot = attrs.field(factory=FirstBoot)
     DigitalOcean: DigitalOcean = attrs.field(factory=DigitalOcean)
     OpenStack: OpenStack = attrs.field(factory=OpenStack)
+    MetadataFirewall: MetadataFirewall = attrs.field(factory=MetadataFirewall)
+    Azure: Azure = attrs.field(factory=Azure)
+    ResourceDisk: ResourceDisk = attrs.field(factory=ResourceDisk)
+    RootGrow: RootGrow = attrs.field(factory=RootGrow)
 
 
 # One line of instance_configs.cfg per option, for the reference in docs/configuration.md.
 EXAMPLES = {
+    "ResourceDisk.format": "format = false",
+    "ResourceDisk.filesystem": "filesystem = xfs",
+    "ResourceDisk.mount_point": "mount_point = /mnt",
+    "ResourceDisk.mount_options": "mount_options = nodev,nosuid",
+    "ResourceDisk.enable_swap": "enable_swap = true",
+    "ResourceDisk.swap_size_mb": "swap_size_mb = 2048",
+    "ResourceDisk.platforms": "platforms = azure,nocloud",
+    "RootGrow.enabled": "enabled = false",
     "Accounts.deprovision_remove": "deprovision_remove = true",
     "Accounts.groups": "groups = adm,video,docker",
     "Accounts.useradd_cmd": "useradd_cmd = useradd -m -s /bin/zsh -p * {user}",
@@ -274,6 +357,18 @@ EXAMPLES = {
     "DigitalOcean.poll_interval": "poll_interval = 30",
     "DigitalOcean.link_local": "link_local = false",
     "OpenStack.poll_interval": "poll_interval = 300",
+    "Azure.provisioning": "provisioning = false",
+    "Azure.wireserver": "wireserver = 127.0.0.1:8080",
+    "Azure.delete_root_password": "delete_root_password = true",
+    "Azure.decode_custom_data": "decode_custom_data = true",
+    "Azure.monitor_hostname": "monitor_hostname = false",
+    "Azure.monitor_hostname_period": "monitor_hostname_period = 60",
+    "Azure.password_crypt_id": "password_crypt_id = 5",
+    "Azure.password_crypt_salt_length": "password_crypt_salt_length = 16",
+    "Azure.ssh_dir": "ssh_dir = /usr/local/etc/ssh",
+    "Azure.ssh_client_alive_interval": "ssh_client_alive_interval = 0",
+    "Azure.http_proxy": "http_proxy = http://proxy.example:3128",
+    "Azure.verbose": "verbose = true",
     "Daemons.accounts_daemon": "accounts_daemon = false",
     "Daemons.clock_skew_daemon": "clock_skew_daemon = false",
     "Daemons.network_daemon": "network_daemon = false",
@@ -302,6 +397,7 @@ EXAMPLES = {
     "Network.dns": "dns = resolvconf",
     "OSLogin.cert_authentication": "cert_authentication = true",
     "Clock.sync_command": "sync_command = chronyc makestep",
+    "MetadataFirewall.root_only": "root_only = true",
 }
 
 

@@ -64,6 +64,12 @@ class Rejection:
     def describe(self) -> str:
         return f"{self.where}: {self.reason}"
 
+    @classmethod
+    def holding(cls, where: str, reason: str, subsystems: tuple[str, ...]) -> list[Rejection]:
+        """One holding rejection per subsystem: an input each of them would act on is
+        unreadable, so each keeps its state (the parsers' `rejections += ...`)."""
+        return [cls(where, reason, concerns=subsystem, holds=True) for subsystem in subsystems]
+
 
 @attrs.frozen
 class Route:

@@ -14,6 +14,7 @@ from typing import cast
 
 import attrs
 
+from guestagent.adapters.block_devices import SysfsBlockDevices
 from guestagent.adapters.confined_runner import ConfinedRunner
 from guestagent.adapters.local_filesystem import LocalFileSystem
 from guestagent.adapters.passwd_users import PasswdFiles
@@ -25,6 +26,7 @@ from guestagent.adapters.subprocess_runner import SubprocessRunner
 from guestagent.adapters.sysfs import SysfsWriter
 from guestagent.adapters.system_clock import SystemClock
 from guestagent.domain.config import DEFAULT_CONFIG_PATH, Config, ConfigLayer, layer_paths, load_config
+from guestagent.domain.waagent_conf import WAAGENT_CONF, insert_waagent
 from guestagent.ports.commands import CommandRunner
 from guestagent.ports.metadata import GuestAttributes, MetadataSource
 from guestagent.ports.netlink import Netlink
@@ -117,7 +119,10 @@ def read_config(options: Options, fs: LocalFileSystem) -> Config:
             text = fs.read_text(path)
             if text is not None:
                 layers.append(ConfigLayer(path, text))
+    # /etc/waagent.conf is a layer of its own, above .distro and below the user's files.
+    layers, waagent_warnings = insert_waagent(layers, fs.read_text(WAAGENT_CONF))
     config, warnings = load_config(layers)
+    warnings = (*waagent_warnings, *warnings)
     for warning in warnings:
         log.warning("config: %s", warning)
     return config
@@ -158,10 +163,12 @@ def bootstrap(
     source = spec.open(popts)
     # The spec says whether its source is also a write-back channel.
     guest_attributes = cast(GuestAttributes, source) if spec.guest_attributes else None
+    # One runner for the subsystems and the disk probes: confined alike in a sandbox.
+    runner = sandbox.runner()
     ctx = Context(
         config=config,
         fs=fs,
-        runner=sandbox.runner(),
+        runner=runner,
         users=PasswdFiles(fs),
         clock=SystemClock(),
         guest_attributes=guest_attributes,
@@ -172,6 +179,7 @@ def bootstrap(
         sysfs=SysfsWriter(fs.root),
         log=log,
         script_runner=SubprocessScriptRunner(),
+        block=SysfsBlockDevices(fs.root, runner),
     )
     chosen = tuple(subsystems) if subsystems is not None else tuple(all_subsystems())
     return Agent(ctx, source, chosen, tuple(tuple(lane) for lane in lanes), spec, reason)

@@ -7,15 +7,42 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from guestagent.adapters.platforms.registry import PROVIDERS
-from guestagent.entrypoints import scripts_cmd
-from guestagent.entrypoints.oneshot import agent_or_report, options_from, snapshot_or_report
-from guestagent.services.subsystem import Outcome
+from guestagent.entrypoints.lean import skip_chardet
+
+skip_chardet()  # before the imports below bring in requests (memory: see lean.py)
+
+from guestagent.adapters.platforms.registry import PROVIDERS  # noqa: E402
+from guestagent.entrypoints import collect_logs, deprovision_cmd, scripts_cmd  # noqa: E402
+from guestagent.entrypoints.oneshot import agent_or_report, options_from, snapshot_or_report  # noqa: E402
+from guestagent.services.subsystem import Outcome  # noqa: E402
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_NO_METADATA = 2
 EXIT_USAGE = 64
+# What --version says when the package metadata is not there (running from a source tree).
+VERSION_FALLBACK = "0.1.0"
+
+
+def agent_version() -> str:
+    """The installed distribution's version (importlib.metadata), else VERSION_FALLBACK."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("guestagent")
+    except metadata.PackageNotFoundError:
+        return VERSION_FALLBACK
+
+
+class _VersionAction(argparse.Action):
+    """argparse's own version action, with the version looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"guestagent {agent_version()}")
+        parser.exit()
 
 
 def _common() -> argparse.ArgumentParser:
@@ -43,6 +70,7 @@ def _common() -> argparse.ArgumentParser:
 def parser() -> argparse.ArgumentParser:
     common = _common()
     top = argparse.ArgumentParser(prog="guestagent", description=__doc__)
+    top.add_argument("--version", action=_VersionAction, help="print the agent's version and exit")
     sub = top.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common], help="reconcile once and exit")
     run.add_argument("--once", action="store_true", help="one pass (the only mode; kept for clarity)")
@@ -56,6 +84,8 @@ def parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("detect", parents=[common], help="print the platform auto-detection chooses, and why")
     scripts_cmd.add_parser(sub, common)
+    deprovision_cmd.add_parser(sub, common)
+    collect_logs.add_parser(sub, common)
     config = sub.add_parser("config", parents=[common], help="print the effective configuration")
     config.add_argument("--reference", action="store_true", help="print every option as a Markdown table")
     sandbox = sub.add_parser("sandbox", help="copy this machine's account files into DIR for --root DIR")
@@ -144,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return show_config(args)
     if args.command == "detect":
         return detect_platform(args)
+    if args.command == "deprovision":
+        return deprovision_cmd.run(args)
+    if args.command == "collect-logs":
+        return collect_logs.run(args)
     return EXIT_USAGE
 
 

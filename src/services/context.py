@@ -18,6 +18,7 @@ from guestagent.ports.sysfs import KernelFiles
 from guestagent.ports.users import UsersView
 
 if TYPE_CHECKING:
+    from guestagent.ports.block import BlockDevices
     from guestagent.ports.netlink import Netlink
 
 
@@ -46,4 +47,6 @@ class Context:
     sysfs: KernelFiles | None = None
     # Runs first-boot scripts; None where the composition root wired none (nothing runs).
     script_runner: ScriptRunner | None = None
+    # Disks as the disks subsystem observes them; None: not wired (nothing to plan).
+    block: BlockDevices | None = None
     log: logging.Logger = attrs.field(factory=lambda: logging.getLogger("guestagent"))

@@ -5,14 +5,20 @@ from __future__ import annotations
 from guestagent.services.subsystem import Subsystem
 
 # Subsystems in one lane run in this order; lanes run side by side (see Scheduler).
-# Accounts and OS Login share a lane: both decide who may log in. Static networking,
+# Accounts, OS Login and Azure's provisioning share a lane: they decide who may log in, and
+# Azure reports Ready only once the admin's keys are in place. Static networking,
 # NICs and routes share one: all three write the kernel's tables, static addresses must be
 # on a link before nics looks for IPv4 on it, and a route needs its link up.
 # First-boot scripts run in a pass of their own after READY (they are `after_ready`), so
 # a long script never holds sshd back; by then the users they may need exist.
 LANES = (
-    ("instance_setup",), ("accounts", "oslogin"), ("network", "nics", "routes"), ("hostname",), ("clock",),
+    ("instance_setup",),
+    ("accounts", "oslogin", "azure_provisioning"),
+    ("network", "nics", "routes"),
+    ("hostname",),
+    ("clock",),
     ("firstboot",),
+    ("disks",),
 )
 
 
@@ -20,7 +26,9 @@ def all_subsystems() -> list[Subsystem]:
     # Fresh instances each call: subsystems keep per-process memory (what was logged,
     # the last clock token), and an embedding program may want its own set.
     from guestagent.services.accounts import AccountsSubsystem
+    from guestagent.services.azure_provisioning import AzureProvisioningSubsystem
     from guestagent.services.clock import ClockSubsystem
+    from guestagent.services.disks import DisksSubsystem
     from guestagent.services.firstboot import FirstBootSubsystem
     from guestagent.services.hostname import HostnameSubsystem
     from guestagent.services.instance_setup import InstanceSetupSubsystem
@@ -33,10 +41,12 @@ def all_subsystems() -> list[Subsystem]:
         InstanceSetupSubsystem(),
         AccountsSubsystem(),
         OsLoginSubsystem(),
+        AzureProvisioningSubsystem(),
         NetworkSubsystem(),
         NicsSubsystem(),
         RoutesSubsystem(),
         HostnameSubsystem(),
         ClockSubsystem(),
         FirstBootSubsystem(),
+        DisksSubsystem(),
     ]

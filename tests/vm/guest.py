@@ -35,3 +35,19 @@ def authorized_users(vm: Vm) -> set[str]:
     """Users with a home directory created by the agent."""
     out = vm.ssh("ls /home").stdout
     return set(out.split())
+
+
+def agent_journal(vm: Vm) -> str:
+    """The agent's log for this boot (messages only), as the journal has it."""
+    return vm.ssh("journalctl --no-pager -b -o cat -u guestagent.service").stdout
+
+
+def dmi(vm: Vm, field: str) -> str:
+    """One DMI field as the guest's kernel shows it (what the agent's detection reads)."""
+    return vm.ssh(f"cat /sys/class/dmi/id/{field}").stdout.strip()
+
+
+def account(vm: Vm, user: str) -> str | None:
+    """The passwd line of `user` in the guest, or None."""
+    result = vm.ssh(f"getent passwd {user}", check=False)
+    return result.stdout.strip() if result.returncode == 0 else None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from guestsim.vm import rootfs
+
 
 def deb_field(deb: Path, field: str) -> str:
     return subprocess.run(
@@ -21,8 +23,18 @@ def deb_files(deb: Path) -> set[str]:
 
 def test_depends_on_debian_python_libraries(agent_deb: Path):
     depends = deb_field(agent_deb, "Depends")
-    for package in ("python3-requests", "python3-attr", "python3-pyroute2"):
+    # python3-yaml and python3-pycdlib: NoCloud's YAML seed files and cidata ISO.
+    for package in ("python3-requests", "python3-attr", "python3-pyroute2", "python3-yaml", "python3-pycdlib"):
         assert package in depends
+
+
+def test_guest_image_has_every_dependency(agent_deb: Path):
+    """The image layer installs the .deb with `dpkg -i`, which fetches nothing: each
+    Depends must already be in the base rootfs, or the image build fails minutes later."""
+    depends = [d.split("(")[0].strip() for d in deb_field(agent_deb, "Depends").split(",")]
+    named = [d for d in depends if d.startswith("python3-")]
+    missing = [d for d in named if d not in rootfs.GUEST_PACKAGES]
+    assert named and missing == [], f"add to simulator/vm/rootfs.py GUEST_PACKAGES: {missing}"
 
 
 def test_ships_agent_cli_units_and_config_but_not_the_simulator(agent_deb: Path):

@@ -30,10 +30,9 @@ import stat
 import threading
 from collections.abc import Iterator
 
-from guestagent.adapters.platforms.polling import FailureLog, content_tag
+from guestagent.adapters.platforms.polling import content_tag, watch_snapshots
 from guestagent.adapters.platforms.spec import ProviderOptions, ProviderSpec
 from guestagent.domain import cpio as archive
-from guestagent.domain.backoff import Backoff
 from guestagent.domain.platforms.cpio import (
     AUTHORIZED_KEYS,
     KEYS_USER,
@@ -227,21 +226,10 @@ class CpioMetadata:
         raise MetadataUnavailable("no CPIO metadata device: no whole disk starts with a cpio archive")
 
     def watch(self, last_etag: str | None) -> Iterator[Snapshot]:
-        backoff = Backoff(cap=self.backoff_max)
-        failures = FailureLog(log)
-        while not self._stop.is_set():
-            try:
-                snapshot = self.get()
-            except MetadataUnavailable as exc:
-                delay = backoff.next_delay()
-                failures.failed(exc, delay)
-                self._stop.wait(delay)
-                continue
-            failures.answered()
-            if snapshot.etag != last_etag:
-                yield snapshot
-            break
-        self._stop.wait()  # media do not change: nothing more to say until close()
+        # Media do not change: once read, nothing more to say until close().
+        return watch_snapshots(
+            lambda: (self.get(), None), last_etag, self._stop, backoff_max=self.backoff_max, logger=log
+        )
 
     def close(self) -> None:
         self._stop.set()

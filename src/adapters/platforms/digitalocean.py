@@ -63,7 +63,6 @@ REQUEST_TIMEOUT = (2.0, 5.0)
 # Detection's probe: the service answers at once when it is there at all.
 PROBE_TIMEOUT = (1.0, 2.0)
 DOCUMENT_MAX = 1024 * 1024
-_CHUNK = 16 * 1024
 
 
 def document_url(url: str) -> str:

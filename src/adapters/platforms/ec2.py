@@ -68,7 +68,6 @@ V1_RETRY_AFTER = 300.0
 USER_DATA_MAX = 16 * 1024
 WALK_MAX = 1024 * 1024
 TOKEN_MAX = 4096
-_CHUNK = 16 * 1024
 
 # The leaves of meta-data/ the parser reads; `hostname` only when local-hostname is absent.
 _LEAVES = (INSTANCE_ID, LOCAL_HOSTNAME, MAC)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
 
 import requests
 
+from guestagent.adapters import media
 from guestagent.domain.jsondoc import JsonRefused, loads
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.metadata import MetadataUnavailable
@@ -104,3 +106,43 @@ def read_body(response: requests.Response, what: str, limit: int, deadline: floa
         raise MetadataUnavailable(f"{what}: {exc.__class__.__name__} while reading") from exc
     return bytes(body)
 
+
+def shown_url(url: str) -> str:
+    """A URL without its query or credentials (either may carry a token)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def fetch_file(
+    session: requests.Session,
+    url: str,
+    what: str,
+    name: str,
+    *,
+    timeout: tuple[float, float],
+    limit: int,
+) -> tuple[bytes, str] | None:
+    """GET one file: its body and Content-Type, or None on 404 (absent: the caller says
+    whether that may be). `what` names it in every reason ("NoCloud seed user-data").
+    Anything but 200 or 404, or a compressed body (not asked for), is MetadataUnavailable;
+    a body over `limit` bytes is media.FileTooLarge (see read_files)."""
+    response = request(session, "GET", url, timeout=timeout, stream=True)
+    try:
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise MetadataUnavailable(f"{what} answered HTTP {response.status_code}")
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise MetadataUnavailable(f"{what} came {encoding}-encoded (not asked for)")
+        try:
+            body = read_body(response, what, limit)
+        except BodyTooLarge as exc:  # the callers hold only what this file feeds
+            raise media.FileTooLarge(name, exc.size, exc.limit) from exc
+        return body, response.headers.get("Content-Type", "")
+    finally:
+        response.close()

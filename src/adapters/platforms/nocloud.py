@@ -43,21 +43,16 @@ from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import attrs
-import requests
 
 from guestagent.adapters import media
+from guestagent.adapters.media import labelled_volume, read_files
 from guestagent.adapters.platforms import http
-from guestagent.adapters.platforms.polling import FailureLog, content_tag, follow
+from guestagent.adapters.platforms.http import fetch_file, shown_url
+from guestagent.adapters.platforms.polling import files_tag, watch_snapshots
 from guestagent.adapters.platforms.spec import ProviderOptions, ProviderSpec
-from guestagent.domain.backoff import Backoff
 from guestagent.domain.config import NoCloud
-from guestagent.domain.platforms.nocloud import (
-    PLATFORM,
-    CmdlineSeed,
-    Unreadable,
-    cmdline_seed,
-    parse_nocloud,
-)
+from guestagent.domain.platforms.common import Unreadable
+from guestagent.domain.platforms.nocloud import PLATFORM, CmdlineSeed, cmdline_seed, parse_nocloud
 from guestagent.ports.metadata import MetadataUnavailable, Snapshot
 
 log = logging.getLogger(__name__)
@@ -68,9 +63,6 @@ FILE_MAX = 1024 * 1024
 CMDLINE = "/proc/cmdline"
 CMDLINE_MAX = 64 * 1024
 REQUEST_TIMEOUT = (2.0, 10.0)
-# A server dribbling a body one byte per read timeout could hold a fetch for days.
-BODY_DEADLINE = 30.0
-_CHUNK = 64 * 1024
 
 
 @attrs.frozen
@@ -95,16 +87,6 @@ def read_cmdline(root: str) -> CmdlineSeed | None:
     except OSError:
         return None
     return cmdline_seed(text)
-
-
-def _shown_url(url: str) -> str:
-    """A URL without its query or credentials (either may carry a token)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def file_url(base: str, name: str) -> str:
@@ -197,10 +179,7 @@ class NoCloudMetadata:
         seed_dir = _under(self.root, self.seed_dir)
         if os.path.lexists(os.path.join(seed_dir, "meta-data")):
             return SeedLocation("dir", f"seed directory {self.seed_dir}", path=seed_dir), cmdline
-        try:
-            volume = media.find_volume(self.root, LABELS)
-        except OSError:
-            volume = None
+        volume = labelled_volume(self.root, LABELS)
         if volume is not None:
             return SeedLocation("volume", volume.describe(self.root), volume=volume), cmdline
         seedfrom = self.url or (cmdline.seedfrom if cmdline else None)
@@ -225,53 +204,32 @@ class NoCloudMetadata:
             raise MetadataUnavailable(
                 f"NoCloud seedfrom {scheme or value[:40]!r} is neither http(s) nor a local path"
             )
-        return SeedLocation("url", f"seed URL {_shown_url(value)}", path=value)
+        return SeedLocation("url", f"seed URL {shown_url(value)}", path=value)
 
     # -------------------------------------------------------------- reading
 
-    def _collect(self, read: Callable[[str], bytes | None]) -> dict[str, bytes | Unreadable | None]:
-        files: dict[str, bytes | Unreadable | None] = {}
-        for name in FILES:
-            try:
-                files[name] = read(name)
-            except media.FileTooLarge as exc:
-                files[name] = Unreadable(str(exc))
-        return files
-
     def _files(self, seed: SeedLocation) -> dict[str, bytes | Unreadable | None]:
         if seed.kind == "dir":
-            return self._collect(lambda name: _read_local(os.path.join(seed.path, name), name, self.file_max))
+            return read_files(
+                FILES, lambda name: _read_local(os.path.join(seed.path, name), name, self.file_max)
+            )
         if seed.kind == "volume":
             assert seed.volume is not None
             try:
                 with media.open_volume(seed.volume) as reader:
-                    return self._collect(lambda name: reader.read(name, self.file_max))
+                    return read_files(FILES, lambda name: reader.read(name, self.file_max))
             except media.MediaError as exc:
                 raise MetadataUnavailable(f"{seed.shown}: {exc}") from exc
-        return self._collect(lambda name: self._fetch(seed.path, name))
+        return read_files(FILES, lambda name: self._fetch(seed.path, name))
 
     def _fetch(self, base: str, name: str) -> bytes | None:
         url = file_url(base, name)
-        response = http.request(self._session, "GET", url, timeout=self.timeout, stream=True)
-        try:
-            if response.status_code == 404 and name != "meta-data":
-                return None
-            if response.status_code == 404:
-                raise MetadataUnavailable(f"NoCloud seed URL {_shown_url(url)} answered 404 for meta-data")
-            if response.status_code != 200:
-                raise MetadataUnavailable(f"NoCloud seed {name} answered HTTP {response.status_code}")
-            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise MetadataUnavailable(f"NoCloud seed {name} came {encoding}-encoded (not asked for)")
-            return self._body(response, name)
-        finally:
-            response.close()
-
-    def _body(self, response: requests.Response, name: str) -> bytes:
-        try:
-            return http.read_body(response, f"NoCloud seed {name}", self.file_max)
-        except http.BodyTooLarge as exc:  # the callers hold only what this file feeds
-            raise media.FileTooLarge(name, exc.size, exc.limit) from exc
+        fetched = fetch_file(
+            self._session, url, f"NoCloud seed {name}", name, timeout=self.timeout, limit=self.file_max
+        )
+        if fetched is None and name == "meta-data":
+            raise MetadataUnavailable(f"NoCloud seed URL {shown_url(url)} answered 404 for meta-data")
+        return None if fetched is None else fetched[0]
 
     def read(self, seed: SeedLocation, cmdline: CmdlineSeed | None) -> Snapshot:
         """One snapshot from `seed`; MetadataUnavailable with a reason when it cannot be used."""
@@ -304,12 +262,7 @@ class NoCloudMetadata:
             raise MetadataUnavailable(
                 f"NoCloud {seed.shown} could not be parsed ({exc.__class__.__name__})"
             ) from exc
-        parts: list[bytes | str] = []
-        for name in FILES:
-            value = files[name]
-            parts.append(b"-" if value is None else b"!" if isinstance(value, Unreadable) else b"+" + value)
-        parts.append(repr(sorted(overrides.items())))
-        return Snapshot(metadata, content_tag(*parts))
+        return Snapshot(metadata, files_tag(files, repr(sorted(overrides.items()))))
 
     # -------------------------------------------------------------- the port
 
@@ -318,38 +271,22 @@ class NoCloudMetadata:
         return self.read(seed, cmdline)
 
     def watch(self, last_etag: str | None) -> Iterator[Snapshot]:
-        backoff = Backoff(cap=self.backoff_max)
-        failures = FailureLog(log)
-        while not self._stop.is_set():
-            try:
-                seed, cmdline = self.locate()
-                snapshot = self.read(seed, cmdline)
-            except MetadataUnavailable as exc:
-                if self._stop.is_set():
-                    return
-                delay = backoff.next_delay()
-                failures.failed(exc, delay)
-                self._stop.wait(delay)
-                continue
-            failures.answered()
-            if snapshot.etag != last_etag:
-                yield snapshot
-            if seed.kind != "url":
-                break  # local media do not change: nothing more to say until close()
-            if self._stop.wait(self.poll_interval):
-                return
-            yield from follow(
-                self._poller(seed, cmdline),
-                snapshot.etag,
-                self._stop,
-                backoff_max=self.backoff_max,
-                pause=max(0.01, float(self.poll_interval)),
-            )
-            return
-        self._stop.wait()
+        return watch_snapshots(
+            self._read_located,
+            last_etag,
+            self._stop,
+            backoff_max=self.backoff_max,
+            logger=log,
+            poll_interval=self.poll_interval,
+        )
 
-    def _poller(self, seed: SeedLocation, cmdline: CmdlineSeed | None) -> Callable[[str], Snapshot]:
-        return lambda _etag: self.read(seed, cmdline)
+    def _read_located(self) -> tuple[Snapshot, Callable[[str], Snapshot] | None]:
+        """A snapshot from wherever the seed is now; a URL seed is polled from then on."""
+        seed, cmdline = self.locate()
+        snapshot = self.read(seed, cmdline)
+        if seed.kind != "url":
+            return snapshot, None  # local media do not change
+        return snapshot, lambda _etag: self.read(seed, cmdline)
 
     def close(self) -> None:
         self._stop.set()
@@ -372,10 +309,7 @@ def _local(options: ProviderOptions) -> str | None:
     seed_dir = options.config.NoCloud.seed_dir
     if os.path.lexists(os.path.join(_under(options.root, seed_dir), "meta-data")):
         return f"seed directory {seed_dir} holds meta-data"
-    try:
-        volume = media.find_volume(options.root, LABELS)
-    except OSError:
-        volume = None
+    volume = labelled_volume(options.root, LABELS)
     if volume is not None:
         return f"{volume.describe(options.root)} found"
     cmdline = read_cmdline(options.root)

@@ -42,17 +42,18 @@ import attrs
 import requests
 
 from guestagent.adapters import media
+from guestagent.adapters.media import labelled_volume, read_files
 from guestagent.adapters.platforms import http
-from guestagent.adapters.platforms.polling import FailureLog, content_tag, follow
+from guestagent.adapters.platforms.http import fetch_file, shown_url
+from guestagent.adapters.platforms.polling import files_tag, watch_snapshots
 from guestagent.adapters.platforms.spec import ProviderOptions, ProviderSpec
-from guestagent.domain.backoff import Backoff
 from guestagent.domain.config import OpenStack
+from guestagent.domain.platforms.common import Unreadable
 from guestagent.domain.platforms.openstack import (
     FILES,
     META_DATA,
     PLATFORM,
     OpenStackFiles,
-    Unreadable,
     dmi_says_openstack,
     parse_openstack,
 )
@@ -67,9 +68,6 @@ FILE_MAX = 1024 * 1024
 REQUEST_TIMEOUT = (2.0, 10.0)
 PROBE_TIMEOUT = (1.0, 2.0)
 PROBE_MAX = 4096
-# A server dribbling a body one byte per read timeout could hold a fetch for days.
-BODY_DEADLINE = 30.0
-_CHUNK = 64 * 1024
 _VERSION_URL = re.compile(r"(.*/)openstack/([^/]+)/")
 _VERSION_LINE = re.compile(r"latest|\d{4}-\d{2}-\d{2}")
 
@@ -88,16 +86,6 @@ def service_urls(url: str) -> tuple[str, str]:
         root = base[: -len("openstack/")]
         return root, root + VERSION_DIR
     return base, base + VERSION_DIR
-
-
-def _shown_url(url: str) -> str:
-    """A URL without its query or credentials (either may carry a token)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 @attrs.frozen
@@ -136,67 +124,42 @@ class OpenStackMetadata:
 
     def locate(self) -> Location:
         """The config drive when there is one, else the metadata service."""
-        try:
-            volume = media.find_volume(self.root, LABELS)
-        except OSError:
-            volume = None
+        volume = labelled_volume(self.root, LABELS)
         if volume is not None:
             return Location(f"config drive ({volume.describe(self.root)})", volume=volume)
-        return Location(f"metadata service at {_shown_url(self.service_url)}", url=self.service_url)
+        return Location(f"metadata service at {shown_url(self.service_url)}", url=self.service_url)
 
     # -------------------------------------------------------------- reading
-
-    def _collect(self, read: Callable[[str], bytes | None]) -> dict[str, bytes | Unreadable | None]:
-        files: dict[str, bytes | Unreadable | None] = {}
-        for name in FILES:
-            try:
-                files[name] = read(name)
-            except media.FileTooLarge as exc:
-                files[name] = Unreadable(str(exc))
-        return files
 
     def _files(self, where: Location) -> dict[str, bytes | Unreadable | None]:
         if where.volume is not None:
             volume = where.volume
             try:
                 with media.open_volume(volume) as reader:
-                    return self._collect(lambda name: reader.read(VERSION_DIR + name, self.file_max))
+                    return read_files(FILES, lambda name: reader.read(VERSION_DIR + name, self.file_max))
             except media.MediaError as exc:
                 raise MetadataUnavailable(f"OpenStack {where.shown}: {exc}") from exc
-        return self._collect(lambda name: self._fetch(where.url, name))
+        return read_files(FILES, lambda name: self._fetch(where.url, name))
 
     def _fetch(self, base: str, name: str) -> bytes | None:
-        response = http.request(self._session, "GET", base + name, timeout=self.timeout, stream=True)
-        try:
-            status = response.status_code
-            if status == 404 and name != META_DATA:
-                return None
-            if status != 200:
-                raise MetadataUnavailable(f"OpenStack metadata {name} answered HTTP {status}")
-            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise MetadataUnavailable(
-                    f"OpenStack metadata {name} came {encoding}-encoded (not asked for)"
-                )
-            body = self._body(response, name)
-            content_type = response.headers.get("Content-Type", "")
-            html = "html" in content_type.lower()
-            if name.endswith(".json") and body.lstrip().startswith(b"<"):
-                html = True
-            if html:
-                raise MetadataUnavailable(
-                    f"OpenStack metadata {name} answered an HTML page "
-                    f"(Content-Type {content_type or 'none'!r}), not the metadata service"
-                )
-            return body
-        finally:
-            response.close()
-
-    def _body(self, response: requests.Response, name: str) -> bytes:
-        try:
-            return http.read_body(response, f"OpenStack metadata {name}", self.file_max)
-        except http.BodyTooLarge as exc:  # the callers hold only what this file feeds
-            raise media.FileTooLarge(name, exc.size, exc.limit) from exc
+        what = f"OpenStack metadata {name}"
+        fetched = fetch_file(
+            self._session, base + name, what, name, timeout=self.timeout, limit=self.file_max
+        )
+        if fetched is None:
+            if name == META_DATA:
+                raise MetadataUnavailable(f"{what} answered HTTP 404")
+            return None
+        body, content_type = fetched
+        html = "html" in content_type.lower()
+        if name.endswith(".json") and body.lstrip().startswith(b"<"):
+            html = True
+        if html:
+            raise MetadataUnavailable(
+                f"{what} answered an HTML page "
+                f"(Content-Type {content_type or 'none'!r}), not the metadata service"
+            )
+        return body
 
     def read(self, where: Location) -> Snapshot:
         """One snapshot from `where`; MetadataUnavailable with a reason when it cannot be used."""
@@ -219,11 +182,7 @@ class OpenStackMetadata:
             raise MetadataUnavailable(
                 f"OpenStack {where.shown} could not be parsed ({exc.__class__.__name__})"
             ) from exc
-        parts: list[bytes | str] = []
-        for name in FILES:
-            value = files[name]
-            parts.append(b"-" if value is None else b"!" if isinstance(value, Unreadable) else b"+" + value)
-        return Snapshot(metadata, content_tag(*parts))
+        return Snapshot(metadata, files_tag(files))
 
     # -------------------------------------------------------------- the port
 
@@ -231,38 +190,22 @@ class OpenStackMetadata:
         return self.read(self.locate())
 
     def watch(self, last_etag: str | None) -> Iterator[Snapshot]:
-        backoff = Backoff(cap=self.backoff_max)
-        failures = FailureLog(log)
-        while not self._stop.is_set():
-            where = self.locate()
-            try:
-                snapshot = self.read(where)
-            except MetadataUnavailable as exc:
-                if self._stop.is_set():
-                    return
-                delay = backoff.next_delay()
-                failures.failed(exc, delay)
-                self._stop.wait(delay)
-                continue
-            failures.answered()
-            if snapshot.etag != last_etag:
-                yield snapshot
-            if where.volume is not None:
-                break  # a config drive does not change: nothing more to say until close()
-            if self._stop.wait(self.poll_interval):
-                return
-            yield from follow(
-                self._poller(where),
-                snapshot.etag,
-                self._stop,
-                backoff_max=self.backoff_max,
-                pause=max(0.01, float(self.poll_interval)),
-            )
-            return
-        self._stop.wait()
+        return watch_snapshots(
+            self._read_located,
+            last_etag,
+            self._stop,
+            backoff_max=self.backoff_max,
+            logger=log,
+            poll_interval=self.poll_interval,
+        )
 
-    def _poller(self, where: Location) -> Callable[[str], Snapshot]:
-        return lambda _etag: self.read(where)
+    def _read_located(self) -> tuple[Snapshot, Callable[[str], Snapshot] | None]:
+        """A snapshot from wherever the files are now; the metadata service is polled from then on."""
+        where = self.locate()
+        snapshot = self.read(where)
+        if where.volume is not None:
+            return snapshot, None  # a config drive does not change
+        return snapshot, lambda _etag: self.read(where)
 
     def close(self) -> None:
         self._stop.set()
@@ -280,10 +223,7 @@ def _open(options: ProviderOptions) -> OpenStackMetadata:
 
 def _local(options: ProviderOptions) -> str | None:
     """A config drive on this machine."""
-    try:
-        volume = media.find_volume(options.root, LABELS)
-    except OSError:
-        volume = None
+    volume = labelled_volume(options.root, LABELS)
     return None if volume is None else f"config drive {volume.describe(options.root)} found"
 
 

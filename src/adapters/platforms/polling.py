@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from guestagent.domain.backoff import Backoff
+from guestagent.domain.platforms.common import Unreadable
 from guestagent.ports.metadata import MetadataDisabled, MetadataUnavailable, Snapshot
 
 log = logging.getLogger(__name__)
@@ -83,3 +84,50 @@ def follow(
             yield snapshot
         if pause:
             stop.wait(pause)
+
+
+def files_tag(files: Mapping[str, bytes | Unreadable | None], *extra: str) -> str:
+    """The content tag of what `read_files` read (and of `extra`, e.g. overrides)."""
+    parts: list[bytes | str] = []
+    for value in files.values():
+        parts.append(b"-" if value is None else b"!" if isinstance(value, Unreadable) else b"+" + value)
+    parts.extend(extra)
+    return content_tag(*parts)
+
+
+def watch_snapshots(
+    read: Callable[[], tuple[Snapshot, Callable[[str], Snapshot] | None]],
+    last_etag: str | None,
+    stop: threading.Event,
+    *,
+    backoff_max: float,
+    logger: logging.Logger,
+    poll_interval: float = 0.0,
+) -> Iterator[Snapshot]:
+    """Read until a snapshot comes (capped backoff between failures, each reason logged
+    once) and yield it unless the caller has it already. Then, when `read` gave a poller
+    too (a source that can change), follow it every `poll_interval` seconds; when it gave
+    None (media do not change while the system runs), wait for `stop`."""
+    backoff = Backoff(cap=backoff_max)
+    failures = FailureLog(logger)
+    while not stop.is_set():
+        try:
+            snapshot, poller = read()
+        except MetadataUnavailable as exc:
+            if stop.is_set():
+                return
+            delay = backoff.next_delay()
+            failures.failed(exc, delay)
+            stop.wait(delay)
+            continue
+        failures.answered()
+        if snapshot.etag != last_etag:
+            yield snapshot
+        if poller is None:
+            break  # nothing more to say until close()
+        if stop.wait(poll_interval):
+            return
+        pause = max(0.01, float(poll_interval))
+        yield from follow(poller, snapshot.etag, stop, backoff_max=backoff_max, pause=pause)
+        return
+    stop.wait()

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from guestagent.adapters.platforms import cpio, digitalocean, ec2, gce, nocloud, openstack, smartos, vmware
+from guestagent.adapters.platforms import (
+    azure,
+    cpio,
+    digitalocean,
+    ec2,
+    gce,
+    nocloud,
+    openstack,
+    smartos,
+    vmware,
+)
 from guestagent.adapters.platforms.spec import ProviderSpec
 
 PROVIDERS: tuple[ProviderSpec, ...] = (
@@ -10,6 +20,8 @@ PROVIDERS: tuple[ProviderSpec, ...] = (
     # Before EC2: Nova serves EC2-style metadata too (i-0000000N ids under /latest/).
     openstack.PROVIDER,
     ec2.PROVIDER,
+    # DMI chassis asset tag; locally the provisioning DVD (ovf-env.xml) on an optical drive.
+    azure.PROVIDER,
     nocloud.PROVIDER,
     digitalocean.PROVIDER,
     # DMI "SmartDC ..."; locally only a zone's metadata socket (never a bare ttyS1).

@@ -27,12 +27,11 @@ from collections.abc import Iterator
 
 from guestagent.adapters.platforms.cpio import read_product_uuid
 from guestagent.adapters.platforms.nocloud import load_yaml
-from guestagent.adapters.platforms.polling import FailureLog, content_tag, follow
+from guestagent.adapters.platforms.polling import content_tag, follow, watch_snapshots
 from guestagent.adapters.platforms.spec import ProviderOptions, ProviderSpec
 from guestagent.adapters.subprocess_runner import SubprocessRunner
-from guestagent.domain.backoff import Backoff
 from guestagent.domain.jsondoc import JsonRefused, loads
-from guestagent.domain.platforms.nocloud import Unreadable
+from guestagent.domain.platforms.common import Unreadable
 from guestagent.domain.platforms.vmware import (
     KEYS,
     PLATFORM,
@@ -161,29 +160,17 @@ class VmwareMetadata:
 
     def watch(self, last_etag: str | None) -> Iterator[Snapshot]:
         if self.poll_interval > 0:
-            yield from follow(
+            return follow(
                 lambda _etag: self.get(),
                 last_etag,
                 self._stop,
                 backoff_max=self.backoff_max,
                 pause=max(0.01, float(self.poll_interval)),
             )
-            return
-        backoff = Backoff(cap=self.backoff_max)
-        failures = FailureLog(log)
-        while not self._stop.is_set():
-            try:
-                snapshot = self.get()
-            except MetadataUnavailable as exc:
-                delay = backoff.next_delay()
-                failures.failed(exc, delay)
-                self._stop.wait(delay)
-                continue
-            failures.answered()
-            if snapshot.etag != last_etag:
-                yield snapshot
-            break
-        self._stop.wait()
+        # 0: read once, then nothing more to say until close().
+        return watch_snapshots(
+            lambda: (self.get(), None), last_etag, self._stop, backoff_max=self.backoff_max, logger=log
+        )
 
     def close(self) -> None:
         self._stop.set()

@@ -26,14 +26,13 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from types import MappingProxyType
 
 import attrs
 
 from guestagent.domain.cpio import CpioError, CpioTruncated, parse_archive
 from guestagent.domain.metadata import InstanceMetadata, MetadataScript, Rejection, SshKey
-from guestagent.domain.ssh_keys import dedupe, key_for_user
-from guestagent.domain.validation import Invalid
+from guestagent.domain.platforms import common
+from guestagent.domain.ssh_keys import dedupe
 
 PLATFORM = "cpio"
 NODENAME = "nodename"
@@ -49,7 +48,6 @@ SCRIPT_KIND = "firstboot"
 SCOPE = "cpio device"
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_NOT_ONE_WORD = re.compile(r"[\x00-\x20\x7f]")
 _NETWORK = ("nics", "routes")
 
 
@@ -62,10 +60,6 @@ class CpioMetadataError(ValueError):
     def __init__(self, message: str, *, truncated: bool = False) -> None:
         super().__init__(message)
         self.truncated = truncated
-
-
-def _frozen_mapping(value: Mapping[str, object]) -> Mapping[str, object]:
-    return MappingProxyType(dict(value))
 
 
 @attrs.frozen
@@ -81,7 +75,7 @@ class CpioExtras:
     device: str = ""
     archive_format: str = ""
     network_skip: bool = False
-    config: Mapping[str, object] = attrs.field(factory=dict, converter=_frozen_mapping)
+    config: Mapping[str, object] = attrs.field(factory=dict, converter=common.read_only)
     files: tuple[str, ...] = ()
     identity: str = ""
     digest: str = ""
@@ -109,15 +103,11 @@ def smbios_uuid(text: str | None) -> str | None:
     return value
 
 
-def _held(where: str, reason: str, subsystems: tuple[str, ...]) -> list[Rejection]:
-    return [Rejection(where, reason, concerns=s, holds=True) for s in subsystems]
-
-
 def _text(data: bytes, name: str, subsystems: tuple[str, ...], rejections: list[Rejection]) -> str | None:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        rejections += _held(name, "is not UTF-8 text; kept as it was", subsystems)
+        rejections += Rejection.holding(name, "is not UTF-8 text; kept as it was", subsystems)
         return None
 
 
@@ -129,8 +119,8 @@ def _hostname(data: bytes | None, rejections: list[Rejection]) -> str:
         return ""
     lines = text.splitlines()
     first = lines[0].strip() if lines else ""
-    if _NOT_ONE_WORD.search(first):
-        rejections += _held(NODENAME, "first line is not one word; hostname kept", ("hostname",))
+    if common.NOT_ONE_WORD.search(first):
+        rejections += Rejection.holding(NODENAME, "first line is not one word; hostname kept", ("hostname",))
         return ""
     return first
 
@@ -141,29 +131,7 @@ def _ssh_keys(data: bytes | None, rejections: list[Rejection]) -> list[SshKey]:
     text = _text(data, AUTHORIZED_KEYS, ("accounts",), rejections)
     if text is None:
         return []
-    keys: list[SshKey] = []
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.rstrip("\r")
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            keys.append(key_for_user(KEYS_USER, line))
-        except Invalid as exc:
-            rejections.append(Rejection(f"{AUTHORIZED_KEYS} line {number}", str(exc)))
-    if len(keys) > MAX_KEYS:
-        rejections += _held(
-            AUTHORIZED_KEYS, f"holds more than {MAX_KEYS} keys; keys kept as they are", ("accounts",)
-        )
-        keys = keys[:MAX_KEYS]
-    return keys
-
-
-def _freeze(value: object) -> object:
-    if isinstance(value, Mapping):
-        return MappingProxyType({key: _freeze(sub) for key, sub in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(sub) for sub in value)
-    return value
+    return common.user_key_file(text, KEYS_USER, AUTHORIZED_KEYS, rejections, max_keys=MAX_KEYS)
 
 
 def _config(data: bytes | None, rejections: list[Rejection]) -> tuple[Mapping[str, object], bool]:
@@ -172,7 +140,9 @@ def _config(data: bytes | None, rejections: list[Rejection]) -> tuple[Mapping[st
     if data is None:
         return {}, False
     if len(data) > TOML_MAX:
-        rejections += _held(CONFIG_TOML, f"is larger than {TOML_MAX} bytes; network kept as is", _NETWORK)
+        rejections += Rejection.holding(
+            CONFIG_TOML, f"is larger than {TOML_MAX} bytes; network kept as is", _NETWORK
+        )
         return {}, False
     text = _text(data, CONFIG_TOML, _NETWORK, rejections)
     if text is None:
@@ -180,22 +150,30 @@ def _config(data: bytes | None, rejections: list[Rejection]) -> tuple[Mapping[st
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        rejections += _held(CONFIG_TOML, f"is not valid TOML ({exc}); network kept as is", _NETWORK)
+        rejections += Rejection.holding(
+            CONFIG_TOML, f"is not valid TOML ({exc}); network kept as is", _NETWORK
+        )
         return {}, False
     except ValueError:  # a value TOML spells but Python refuses (an integer of 5000 digits)
-        rejections += _held(CONFIG_TOML, "holds a value that cannot be read; network kept as is", _NETWORK)
+        rejections += Rejection.holding(
+            CONFIG_TOML, "holds a value that cannot be read; network kept as is", _NETWORK
+        )
         return {}, False
     except RecursionError:
-        rejections += _held(CONFIG_TOML, "is nested too deeply to read; network kept as is", _NETWORK)
+        rejections += Rejection.holding(
+            CONFIG_TOML, "is nested too deeply to read; network kept as is", _NETWORK
+        )
         return {}, False
-    frozen = {key: _freeze(value) for key, value in document.items()}
+    frozen = {key: common.freeze(value) for key, value in document.items()}
     network = document.get("network", {})
     if not isinstance(network, dict):
-        rejections += _held(f"{CONFIG_TOML} network", "is not a table; network kept as is", _NETWORK)
+        rejections += Rejection.holding(
+            f"{CONFIG_TOML} network", "is not a table; network kept as is", _NETWORK
+        )
         return frozen, False
     skip = network.get("skip", False)
     if not isinstance(skip, bool):
-        rejections += _held(
+        rejections += Rejection.holding(
             f"{CONFIG_TOML} network.skip", "is not true or false; network kept as is", _NETWORK
         )
         return frozen, False

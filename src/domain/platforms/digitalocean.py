@@ -47,7 +47,6 @@ Several accepted variations come from real droplets (cloud-init's fixtures):
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,6 +55,7 @@ import attrs
 from guestagent.domain.jsondoc import json_type
 from guestagent.domain.metadata import InstanceMetadata, NetworkInterface, Rejection, SshKey
 from guestagent.domain.nics import Link
+from guestagent.domain.platforms import common
 from guestagent.domain.ssh_keys import dedupe, parse_default_user_keys
 from guestagent.domain.values import canonical_ip, canonical_mac
 
@@ -70,7 +70,6 @@ _PRIMARY = _ALL_NETWORK
 _EXTRAS = "instance_setup"  # nothing acts on DO's extras yet; their refusals are logged there
 _DATA = "scripts"
 _MAX_ID = 2**63 - 1
-_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
 class DigitalOceanMetadataError(ValueError):
@@ -102,10 +101,6 @@ def digitalocean(metadata: InstanceMetadata) -> DigitalOceanExtras | None:
     return metadata.extras if isinstance(metadata.extras, DigitalOceanExtras) else None
 
 
-def _held(where: str, reason: str, subsystems: tuple[str, ...]) -> list[Rejection]:
-    return [Rejection(where, reason, concerns=s, holds=True) for s in subsystems]
-
-
 def _droplet_id(document: Mapping[str, Any]) -> int:
     raw = document.get("droplet_id")
     if isinstance(raw, bool) or not isinstance(raw, int | str):
@@ -126,11 +121,15 @@ def _hostname(document: Mapping[str, Any], rejections: list[Rejection]) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        rejections += _held("hostname", f"is {json_type(value)}, not a string; hostname kept", ("hostname",))
+        rejections += Rejection.holding(
+            "hostname", f"is {json_type(value)}, not a string; hostname kept", ("hostname",)
+        )
         return ""
     name = value.strip()
-    if _CONTROL.search(name):
-        rejections += _held("hostname", "has spaces or control characters; hostname kept", ("hostname",))
+    if common.NOT_ONE_WORD.search(name):
+        rejections += Rejection.holding(
+            "hostname", "has spaces or control characters; hostname kept", ("hostname",)
+        )
         return ""
     return name
 
@@ -145,7 +144,7 @@ def _ssh_keys(document: Mapping[str, Any], rejections: list[Rejection]) -> list[
         rejections += refused
         return keys
     if not isinstance(value, list):
-        rejections += _held(
+        rejections += Rejection.holding(
             "public_keys", f"is {json_type(value)}, not a list; keys kept as they are", ("accounts",)
         )
         return []
@@ -155,7 +154,7 @@ def _ssh_keys(document: Mapping[str, Any], rejections: list[Rejection]) -> list[
             lines.append(item)
             continue
         # The list cannot be trusted to be complete: accounts keep what they have.
-        rejections += _held(
+        rejections += Rejection.holding(
             f"public_keys key {number}",
             f"is {json_type(item)}, not a string; keys kept as they are",
             ("accounts",),
@@ -172,7 +171,7 @@ def _data(document: Mapping[str, Any], field: str, rejections: list[Rejection]) 
         return None
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
-    rejections += _held(field, f"is {json_type(value)}, not a string; kept as it was", (_DATA,))
+    rejections += Rejection.holding(field, f"is {json_type(value)}, not a string; kept as it was", (_DATA,))
     return None
 
 
@@ -314,7 +313,9 @@ def _interfaces(
     if value is None:
         return (), None
     if not isinstance(value, dict):
-        rejections += _held("interfaces", f"is {json_type(value)}, not an object; network kept", _ALL_NETWORK)
+        rejections += Rejection.holding(
+            "interfaces", f"is {json_type(value)}, not an object; network kept", _ALL_NETWORK
+        )
         return (), None
     lists: dict[str, list[Any]] = {}
     for kind in ("public", "private"):
@@ -322,7 +323,7 @@ def _interfaces(
         if entries is None:
             entries = []
         if not isinstance(entries, list):
-            rejections += _held(
+            rejections += Rejection.holding(
                 f"interfaces/{kind}", f"is {json_type(entries)}, not a list; network kept", _ALL_NETWORK
             )
             return (), None
@@ -340,10 +341,12 @@ def _interfaces(
             try:
                 parsed = _nic(entry, public=kind == "public")
             except _Unreadable as exc:
-                rejections += _held(where, f"{exc}; network kept", holds)
+                rejections += Rejection.holding(where, f"{exc}; network kept", holds)
                 continue
             if parsed.nic.mac in seen:
-                rejections += _held(where, f"lists MAC {parsed.nic.mac} a second time; network kept", holds)
+                rejections += Rejection.holding(
+                    where, f"lists MAC {parsed.nic.mac} a second time; network kept", holds
+                )
                 continue
             seen.add(parsed.nic.mac)
             kind_field = entry.get("type")
@@ -366,13 +369,15 @@ def _nameservers(document: Mapping[str, Any], rejections: list[Rejection]) -> tu
     if dns is None:
         return ()
     if not isinstance(dns, dict):
-        rejections += _held("dns", f"is {json_type(dns)}, not an object; DNS kept", (_NETWORK,))
+        rejections += Rejection.holding("dns", f"is {json_type(dns)}, not an object; DNS kept", (_NETWORK,))
         return ()
     servers = dns.get("nameservers")
     if servers is None:
         return ()
     if not isinstance(servers, list):
-        rejections += _held("dns/nameservers", f"is {json_type(servers)}, not a list; DNS kept", (_NETWORK,))
+        rejections += Rejection.holding(
+            "dns/nameservers", f"is {json_type(servers)}, not a list; DNS kept", (_NETWORK,)
+        )
         return ()
     out: list[str] = []
     for number, item in enumerate(servers, start=1):
@@ -393,7 +398,7 @@ def _string(document: Mapping[str, Any], field: str, rejections: list[Rejection]
     value = document.get(field)
     if value is None:
         return ""
-    if isinstance(value, str) and not _CONTROL.search(value.strip()):
+    if isinstance(value, str) and not common.NOT_ONE_WORD.search(value.strip()):
         return value.strip()
     rejections.append(Rejection(field, "is not one word", _EXTRAS))
     return ""
@@ -408,7 +413,7 @@ def _tags(document: Mapping[str, Any], rejections: list[Rejection]) -> tuple[str
         return ()
     tags: list[str] = []
     for number, item in enumerate(value, start=1):
-        if isinstance(item, str) and item.strip() and not _CONTROL.search(item.strip()):
+        if isinstance(item, str) and item.strip() and not common.NOT_ONE_WORD.search(item.strip()):
             if item.strip() not in tags:
                 tags.append(item.strip())
         else:

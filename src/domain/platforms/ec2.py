@@ -37,6 +37,7 @@ import attrs
 
 from guestagent.domain.jsondoc import JsonRefused, loads
 from guestagent.domain.metadata import InstanceMetadata, NetworkInterface, Rejection, SshKey
+from guestagent.domain.platforms import common
 from guestagent.domain.ssh_keys import dedupe, parse_default_user_keys
 from guestagent.domain.values import canonical_ip, canonical_mac
 
@@ -64,7 +65,6 @@ MAX_KEYS = 100
 MAX_NICS = 64
 
 _KEY_ENTRY = re.compile(r"([0-9]{1,6})=(.*)")
-_INSTANCE_ID = re.compile(r"[\x21-\x7e]{1,255}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # The subsystems that act on NICs (their order gives the primary address too).
 _NETWORK = ("nics", "routes", "hostname")
@@ -164,16 +164,12 @@ def mac_entries(listing: str) -> tuple[list[str], list[int]]:
     return macs, bad
 
 
-def _held(where: str, reason: str, subsystems: tuple[str, ...]) -> list[Rejection]:
-    return [Rejection(where, reason, concerns=s, holds=True) for s in subsystems]
-
-
 def _instance_id(meta: Mapping[str, str]) -> str:
     raw = meta.get(INSTANCE_ID)
     if raw is None:
         raise Ec2MetadataError("meta-data has no instance-id")
     value = raw.strip()
-    if not _INSTANCE_ID.fullmatch(value):
+    if not common.ONE_WORD_ID.fullmatch(value):
         raise Ec2MetadataError("meta-data/instance-id is not one printable word")
     return value
 
@@ -188,7 +184,9 @@ def _hostname(meta: Mapping[str, str], rejections: list[Rejection]) -> str:
         # first is the instance's own.
         if _CONTROL.search(words[0]):
             # Not a name: keep the current one rather than reading it as absent.
-            rejections += _held(f"meta-data/{path}", "has control characters; hostname kept", ("hostname",))
+            rejections += Rejection.holding(
+                f"meta-data/{path}", "has control characters; hostname kept", ("hostname",)
+            )
             return ""
         return words[0]
     return ""
@@ -202,11 +200,11 @@ def _ssh_keys(meta: Mapping[str, str], rejections: list[Rejection]) -> list[SshK
     for number in bad:
         # One unreadable entry means the listing cannot be trusted to be complete:
         # accounts keep what they have (the readable keys are still reported).
-        rejections += _held(
+        rejections += Rejection.holding(
             f"meta-data/{KEYS} line {number}", "is not 'INDEX=name'; keys kept as they are", ("accounts",)
         )
     if len(indices) > MAX_KEYS:
-        rejections += _held(
+        rejections += Rejection.holding(
             f"meta-data/{KEYS}", f"lists more than {MAX_KEYS} keys; keys kept as they are", ("accounts",)
         )
         indices = indices[:MAX_KEYS]
@@ -216,7 +214,7 @@ def _ssh_keys(meta: Mapping[str, str], rejections: list[Rejection]) -> list[SshK
         body = meta.get(path)
         if body is None:
             # Listed but not readable (removed between the listing and the read?).
-            rejections += _held(
+            rejections += Rejection.holding(
                 f"meta-data/{path}", "listed but missing; keys kept as they are", ("accounts",)
             )
             continue
@@ -261,7 +259,7 @@ def _nic(
             prefix = network.prefixlen
         except ValueError:
             where = f"meta-data/{nic_path(listed, 'subnet-ipv4-cidr-block')}"
-            rejections += _held(where, "not an IPv4 network; addressing kept", ("nics",))
+            rejections += Rejection.holding(where, "not an IPv4 network; addressing kept", ("nics",))
 
     ipv6: list[str] = []
     for line in _lines(meta.get(nic_path(listed, "ipv6s")) or ""):
@@ -272,7 +270,9 @@ def _nic(
             ipv6.append(address)
         except ValueError:
             where = f"meta-data/{nic_path(listed, 'ipv6s')}"
-            rejections += _held(where, "holds something that is not an IPv6 address; kept", ("nics",))
+            rejections += Rejection.holding(
+                where, "holds something that is not an IPv6 address; kept", ("nics",)
+            )
             ipv6 = []
             break
     return device, NetworkInterface(mac=mac, ip=ip, prefix_length=prefix, ipv6=tuple(ipv6))
@@ -285,10 +285,14 @@ def _interfaces(meta: Mapping[str, str], rejections: list[Rejection]) -> tuple[N
     where = f"meta-data/{MACS}"
     macs, bad = mac_entries(listing)
     if bad:
-        rejections += _held(f"{where} line {bad[0]}", "is not a MAC address; network kept as is", _NETWORK)
+        rejections += Rejection.holding(
+            f"{where} line {bad[0]}", "is not a MAC address; network kept as is", _NETWORK
+        )
         return ()
     if len(macs) > MAX_NICS:
-        rejections += _held(where, f"lists more than {MAX_NICS} NICs; network kept as is", _NETWORK)
+        rejections += Rejection.holding(
+            where, f"lists more than {MAX_NICS} NICs; network kept as is", _NETWORK
+        )
         return ()
     primary_mac = None
     if (meta.get(MAC) or "").strip():
@@ -296,7 +300,9 @@ def _interfaces(meta: Mapping[str, str], rejections: list[Rejection]) -> tuple[N
             primary_mac = canonical_mac(meta[MAC])
         except ValueError:
             # Which NIC is primary decides the order every network subsystem reads.
-            rejections += _held(f"meta-data/{MAC}", "is not a MAC address; network kept as is", _NETWORK)
+            rejections += Rejection.holding(
+                f"meta-data/{MAC}", "is not a MAC address; network kept as is", _NETWORK
+            )
             return ()
     found: list[tuple[bool, int, str, NetworkInterface]] = []
     seen: set[str] = set()
@@ -305,7 +311,9 @@ def _interfaces(meta: Mapping[str, str], rejections: list[Rejection]) -> tuple[N
         try:
             device, nic = _nic(meta, listed, is_primary, rejections)
         except ValueError as exc:
-            rejections += _held(f"{where}{listed}/", f"unreadable ({exc}); network kept as is", _NETWORK)
+            rejections += Rejection.holding(
+                f"{where}{listed}/", f"unreadable ({exc}); network kept as is", _NETWORK
+            )
             return ()
         if nic.mac in seen:
             continue

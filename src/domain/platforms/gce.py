@@ -79,10 +79,6 @@ def gce(metadata: InstanceMetadata) -> GceExtras:
     return metadata.extras if isinstance(metadata.extras, GceExtras) else NO_EXTRAS
 
 
-def _held(where: str, reason: str, subsystems: tuple[str, ...]) -> list[Rejection]:
-    return [Rejection(where, reason, concerns=s, holds=True) for s in subsystems]
-
-
 def _attributes(node: Mapping[str, Any], where: str, rejections: list[Rejection]) -> dict[str, str]:
     raw = node.get("attributes") or {}
     if not isinstance(raw, Mapping):
@@ -95,7 +91,7 @@ def _attributes(node: Mapping[str, Any], where: str, rejections: list[Rejection]
             # Not absent: unreadable. Reading it as absent would, for ssh-keys, remove
             # every managed key and take everyone out of sudo.
             reason = f"is a JSON {json_type(value)}, not a string; kept the current state"
-            rejections += _held(f"{where}/attributes/{key}", reason, _ACTED_ON[key])
+            rejections += Rejection.holding(f"{where}/attributes/{key}", reason, _ACTED_ON[key])
     return out
 
 
@@ -123,7 +119,9 @@ def _list(nic: Mapping[str, Any], field: str, where: str, rejections: list[Rejec
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        rejections += _held(f"{where}/{field}", "is not a list of strings; routes kept", ("routes",))
+        rejections += Rejection.holding(
+            f"{where}/{field}", "is not a list of strings; routes kept", ("routes",)
+        )
         return []
     return value
 
@@ -187,7 +185,7 @@ def _interfaces(
     # unreadable entry would shift the others, so any of them holds every network subsystem.
     network = ("nics", "routes", "hostname")
     if not isinstance(nics, list):
-        rejections += _held(where, "is not a list; network kept as is", network)
+        rejections += Rejection.holding(where, "is not a list; network kept as is", network)
         return (), ()
     neutral: list[NetworkInterface] = []
     extras: list[GceNic] = []
@@ -198,7 +196,7 @@ def _interfaces(
             n, e = _interface(nic, index, rejections)
         except ValueError as exc:
             reason = f"unreadable ({'missing or invalid mac' if isinstance(nic, Mapping) else exc})"
-            rejections += _held(f"{where}/{index}", f"{reason}; network kept as is", network)
+            rejections += Rejection.holding(f"{where}/{index}", f"{reason}; network kept as is", network)
             return (), ()
         neutral.append(n)
         extras.append(e)
@@ -251,7 +249,9 @@ def _drift_token(instance: Mapping[str, Any], rejections: list[Rejection]) -> st
     if isinstance(token, str) or (isinstance(token, int) and not isinstance(token, bool)):
         return str(token)
     # Made into a string, an object would be recorded as a token and resync the clock.
-    rejections += _held("instance/virtual-clock/drift-token", "is not a string or number", ("clock",))
+    rejections += Rejection.holding(
+        "instance/virtual-clock/drift-token", "is not a string or number", ("clock",)
+    )
     return None
 
 
@@ -259,7 +259,7 @@ def _hostname(instance: Mapping[str, Any], rejections: list[Rejection]) -> str:
     hostname = instance.get("hostname")
     if hostname is None or isinstance(hostname, str):
         return hostname or ""
-    rejections += _held("instance/hostname", "is not a string; hostname kept", ("hostname",))
+    rejections += Rejection.holding("instance/hostname", "is not a string; hostname kept", ("hostname",))
     return ""
 
 
@@ -269,7 +269,7 @@ def _scalar(project: Mapping[str, Any], field: str, rejections: list[Rejection])
         return ""
     if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
         return str(value)
-    rejections += _held(f"project/{field}", "is not a string or number", ("instance_setup",))
+    rejections += Rejection.holding(f"project/{field}", "is not a string or number", ("instance_setup",))
     return ""
 
 

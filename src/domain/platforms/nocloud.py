@@ -20,8 +20,10 @@ any other file holds the subsystems that read it.
 YAML can describe far more than it spells: aliases make a few hundred bytes
 stand for billions of values, and anchors can even point at themselves. Every
 structure kept is measured first, counting each alias where it is used, and
-refused past MAX_DEPTH levels or MAX_VALUES values (MAX_TEXT characters), so
-no later reader can be made to walk or write it out without end.
+refused past the bounds in common.py (MAX_DEPTH levels, MAX_VALUES values,
+MAX_TEXT characters), so no later reader can be made to walk or write it out
+without end. What NoCloud's meta-data shares with VMware's guestinfo.metadata
+(the mapping, instance-id, local-hostname, public-keys) is in common.py too.
 
 The kernel command line's `ds=nocloud[-net];s=URL;i=ID;h=NAME` is parsed here
 too (`cmdline_seed`): pure text in, values out.
@@ -29,28 +31,21 @@ too (`cmdline_seed`): pure text in, values out.
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections.abc import Mapping
-from types import MappingProxyType
 
 import attrs
 
 from guestagent.domain.metadata import InstanceMetadata, Rejection, SshKey
-from guestagent.domain.ssh_keys import dedupe, parse_default_user_keys
+from guestagent.domain.platforms import common
+from guestagent.domain.platforms.common import Unreadable, shape_problem
+from guestagent.domain.ssh_keys import dedupe
 
 PLATFORM = "nocloud"
 
-# The bounds on what a seed's YAML may stand for once aliases are expanded.
-# Real meta-data nests two or three levels, network-config under ten.
-MAX_DEPTH = 32
-MAX_VALUES = 100_000
-MAX_TEXT = 8 * 1024 * 1024
 # cloud-init images take a key or two; far more is not metadata we can act on safely.
 MAX_KEYS = 100
 
-_INSTANCE_ID = re.compile(r"[\x21-\x7e]{1,255}")
-_NOT_ONE_WORD = re.compile(r"[\x00-\x20\x7f]")
 # The subsystems that would act on network-config (static addressing, gateways, DNS).
 _NETWORK = ("nics", "routes")
 # The subsystem that runs what user-data and vendor-data ask for.
@@ -59,13 +54,6 @@ _DATA = "scripts"
 
 class NoCloudError(ValueError):
     """The seed cannot describe an instance (meta-data unusable, no instance-id)."""
-
-
-@attrs.frozen
-class Unreadable:
-    """A seed file the transport found but could not load; `reason` is safe to log."""
-
-    reason: str
 
 
 @attrs.frozen
@@ -92,10 +80,6 @@ class CmdlineSeed:
         return out
 
 
-def _frozen_mapping(value: Mapping[str, object]) -> Mapping[str, object]:
-    return MappingProxyType(dict(value))
-
-
 @attrs.frozen
 class NoCloudExtras:
     """What only NoCloud has.
@@ -110,7 +94,7 @@ class NoCloudExtras:
 
     source: str = ""
     # Not in repr: it holds the key lines, and logs never carry key material.
-    meta_data: Mapping[str, object] = attrs.field(factory=dict, converter=_frozen_mapping, repr=False)
+    meta_data: Mapping[str, object] = attrs.field(factory=dict, converter=common.read_only, repr=False)
     network_config: object = None
 
 
@@ -122,191 +106,43 @@ def nocloud(metadata: InstanceMetadata) -> NoCloudExtras:
     return metadata.extras if isinstance(metadata.extras, NoCloudExtras) else NO_EXTRAS
 
 
-def _kind(value: object) -> str:
-    """A YAML-ish name for a value's type, for reasons ('a YAML list')."""
-    names = {
-        bool: "boolean",
-        int: "integer",
-        float: "float",
-        str: "string",
-        bytes: "binary",
-        list: "list",
-        tuple: "list",
-        dict: "mapping",
-        set: "set",
-        frozenset: "set",
-        type(None): "null",
-        datetime.date: "date",
-        datetime.datetime: "timestamp",
-    }
-    for cls, name in names.items():
-        if type(value) is cls:
-            return f"a YAML {name}"
-    if isinstance(value, Mapping):
-        return "a YAML mapping"
-    return f"a {type(value).__name__}"
-
-
-def shape_problem(value: object, max_depth: int = MAX_DEPTH, max_values: int = MAX_VALUES) -> str | None:
-    """Why `value` is too big to keep (a reason), or None when it is within bounds.
-
-    Walks without recursion, counting every use of a shared (aliased) value,
-    so a billion-laughs document and a self-referencing anchor are both
-    refused in at most `max_values` steps.
-    """
-    values = text = 0
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        values += 1
-        if values > max_values:
-            return f"holds more than {max_values} values once its aliases are expanded"
-        if depth > max_depth:
-            return f"is nested deeper than {max_depth} levels"
-        if isinstance(item, str | bytes):
-            text += len(item)
-            if text > MAX_TEXT:
-                return f"holds more than {MAX_TEXT} characters once its aliases are expanded"
-        elif isinstance(item, Mapping):
-            for key, sub in item.items():
-                stack.append((key, depth + 1))
-                stack.append((sub, depth + 1))
-        elif isinstance(item, list | tuple | set | frozenset):
-            stack.extend((sub, depth + 1) for sub in item)
-    return None
-
-
-def _freeze(value: object) -> object:
-    """A read-only copy: mappings behind MappingProxyType, lists as tuples, sets frozen.
-    Only called on values `shape_problem` accepted (bounded, no cycles)."""
-    if isinstance(value, Mapping):
-        return MappingProxyType({key: _freeze(sub) for key, sub in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(sub) for sub in value)
-    if isinstance(value, set):
-        return frozenset(value)
-    return value
-
-
-def _held(where: str, reason: str, subsystems: tuple[str, ...]) -> list[Rejection]:
-    return [Rejection(where, reason, concerns=s, holds=True) for s in subsystems]
-
-
 def _meta_data(meta_data: object) -> Mapping[str, object]:
-    if isinstance(meta_data, Unreadable):
-        raise NoCloudError(f"meta-data refused: {meta_data.reason}")
     if meta_data is None:
         raise NoCloudError("meta-data is empty (it needs at least instance-id)")
-    if not isinstance(meta_data, Mapping):
-        raise NoCloudError(f"meta-data is {_kind(meta_data)}, not a mapping")
-    problem = shape_problem(meta_data)
-    if problem:
-        raise NoCloudError(f"meta-data {problem}")
-    return {key: _freeze(value) for key, value in meta_data.items() if isinstance(key, str)}
+    return common.meta_mapping(meta_data, "meta-data", NoCloudError)
 
 
 def _instance_id(meta: Mapping[str, object]) -> str:
     raw = meta.get("instance-id")
     if raw is None:
         raise NoCloudError("meta-data has no instance-id")
-    if isinstance(raw, bool) or not isinstance(raw, str | int):
-        raise NoCloudError(f"meta-data instance-id is {_kind(raw)}, not a string")
-    value = str(raw).strip()
-    if not _INSTANCE_ID.fullmatch(value):
-        raise NoCloudError("meta-data instance-id is not one printable word of 1 to 255 characters")
-    return value
-
-
-def _hostname(meta: Mapping[str, object], rejections: list[Rejection]) -> str:
-    raw = meta.get("local-hostname")
-    if raw is None:
-        return ""
-    if isinstance(raw, bool) or not isinstance(raw, str | int):
-        rejections += _held(
-            "meta-data local-hostname", f"is {_kind(raw)}, not a string; hostname kept", ("hostname",)
-        )
-        return ""
-    value = str(raw).strip()
-    if _NOT_ONE_WORD.search(value):
-        rejections += _held("meta-data local-hostname", "is not one word; hostname kept", ("hostname",))
-        return ""
-    return value
-
-
-def _lines_of(value: object, where: str, rejections: list[Rejection]) -> list[tuple[str, list[str]]]:
-    """(where, lines) for a string or a list of strings; anything else holds accounts."""
-    if isinstance(value, str):
-        return [(where, value.splitlines())]
-    if isinstance(value, list | tuple | set | frozenset):
-        items = sorted(value, key=repr) if isinstance(value, set | frozenset) else list(value)
-        out: list[tuple[str, list[str]]] = []
-        for index, item in enumerate(items):
-            place = f"{where}[{index}]"
-            if isinstance(item, str):
-                out.append((place, item.splitlines()))
-            elif item is not None:
-                # Often a key line whose comment holds ": " and so became a YAML mapping.
-                # One unreadable entry: the list cannot be trusted to be complete.
-                rejections += _held(
-                    place, f"is {_kind(item)}, not a key line; keys kept as they are", ("accounts",)
-                )
-        return out
-    rejections += _held(
-        where, f"is {_kind(value)}, not a key line or a list of them; keys kept as they are", ("accounts",)
-    )
-    return []
+    return common.instance_id(raw, "meta-data", NoCloudError)
 
 
 def _ssh_keys(meta: Mapping[str, object], rejections: list[Rejection]) -> list[SshKey]:
     raw = meta.get("public-keys")
-    where = "meta-data public-keys"
     if raw is None:
         return []
-    if isinstance(raw, Mapping):
-        # cloud-init reads each value (a line or a list of lines) and ignores the names.
-        # The names are not shown: a mis-indented key could be one.
-        groups: list[tuple[str, list[str]]] = []
-        for number, value in enumerate(raw.values(), start=1):
-            if value is not None:
-                groups += _lines_of(value, f"{where} entry {number}", rejections)
-    elif isinstance(raw, str | list | tuple | set | frozenset):
-        groups = _lines_of(raw, where, rejections)
-    else:
-        rejections += _held(where, f"is {_kind(raw)}, not keys; keys kept as they are", ("accounts",))
-        return []
-    keys: list[SshKey] = []
-    for place, lines in groups:
-        found, refused = parse_default_user_keys(lines, place)
-        keys += found
-        rejections += refused
-    if len(keys) > MAX_KEYS:
-        rejections += _held(where, f"holds more than {MAX_KEYS} keys; keys kept as they are", ("accounts",))
-        keys = keys[:MAX_KEYS]
-    return keys
+    return common.public_keys(raw, "meta-data public-keys", rejections, max_keys=MAX_KEYS)
 
 
 def _data(value: object, name: str, rejections: list[Rejection]) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    if isinstance(value, Unreadable):
-        rejections += _held(name, f"{value.reason}; kept as it was", (_DATA,))
-        return None
-    raise NoCloudError(f"{name} is {_kind(value)}, not bytes")
+        value = value.encode("utf-8", "surrogateescape")
+    return common.data_bytes(value, name, (_DATA,), NoCloudError, rejections)
 
 
 def _network_config(value: object, rejections: list[Rejection]) -> object:
     if value is None:
         return None
     if isinstance(value, Unreadable):
-        rejections += _held("network-config", f"{value.reason}; network kept as is", _NETWORK)
+        rejections += Rejection.holding("network-config", f"{value.reason}; network kept as is", _NETWORK)
         return None
     problem = shape_problem(value)
     if problem:
-        rejections += _held("network-config", f"{problem}; network kept as is", _NETWORK)
+        rejections += Rejection.holding("network-config", f"{problem}; network kept as is", _NETWORK)
         return None
-    return _freeze(value)
+    return common.freeze(value)
 
 
 def parse_nocloud(
@@ -329,7 +165,7 @@ def parse_nocloud(
     meta = _meta_data(meta_data)
     instance_id = _instance_id(meta)
     rejections: list[Rejection] = []
-    hostname = _hostname(meta, rejections)
+    hostname = common.local_hostname(meta, "meta-data", rejections)
     keys = _ssh_keys(meta, rejections)
     user = _data(user_data, "user-data", rejections)
     vendor = _data(vendor_data, "vendor-data", rejections)

@@ -63,7 +63,6 @@ Wrong-typed keys hold "accounts"; unreadable user or vendor data hold
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -71,6 +70,8 @@ import attrs
 
 from guestagent.domain.jsondoc import JsonRefused, json_type, loads
 from guestagent.domain.metadata import InstanceMetadata, NetworkInterface, Rejection, Route, SshKey
+from guestagent.domain.platforms import common
+from guestagent.domain.platforms.common import Unreadable
 from guestagent.domain.ssh_keys import dedupe, parse_default_user_keys
 from guestagent.domain.values import canonical_mac
 
@@ -128,20 +129,11 @@ DMI_ASSET_TAGS = (
     "Samsung Cloud Platform",
 )
 
-_INSTANCE_ID = re.compile(r"[\x21-\x7e]{1,255}")
-_NOT_ONE_WORD = re.compile(r"[\x00-\x20\x7f]")
 _SHOWN_MAX = 64
 
 
 class OpenStackError(ValueError):
     """The files cannot describe an instance (meta_data.json unusable, no uuid)."""
-
-
-@attrs.frozen
-class Unreadable:
-    """A file the transport found but could not read (too large); `reason` is safe to log."""
-
-    reason: str
 
 
 @attrs.frozen
@@ -221,23 +213,10 @@ class _Held(Exception):
         self.reason = reason
 
 
-def _held(where: str, reason: str, subsystems: tuple[str, ...]) -> list[Rejection]:
-    return [Rejection(where, reason, concerns=s, holds=True) for s in subsystems]
-
-
 def _shown(value: str) -> str:
     """A value from the document, safe and short enough for a log line."""
     text = value if len(value) <= _SHOWN_MAX else value[:_SHOWN_MAX] + "..."
     return repr(text)
-
-
-def _freeze(value: object) -> object:
-    """A read-only copy of decoded JSON (depth already bounded by jsondoc)."""
-    if isinstance(value, dict):
-        return MappingProxyType({key: _freeze(sub) for key, sub in value.items()})
-    if isinstance(value, list):
-        return tuple(_freeze(sub) for sub in value)
-    return value
 
 
 def netmask_prefix(mask: object, version: int) -> int:
@@ -296,7 +275,7 @@ def _instance_id(meta: Mapping[str, object]) -> str:
     if not isinstance(raw, str):
         raise OpenStackError(f"{META_DATA} uuid is a JSON {json_type(raw)}, not a string")
     value = raw.strip()
-    if not _INSTANCE_ID.fullmatch(value):
+    if not common.ONE_WORD_ID.fullmatch(value):
         raise OpenStackError(f"{META_DATA} uuid is not one printable word of 1 to 255 characters")
     return value
 
@@ -305,17 +284,19 @@ def _hostname(meta: Mapping[str, object], rejections: list[Rejection]) -> str:
     raw = meta.get("hostname")
     where = f"{META_DATA} hostname"
     if raw is not None and not isinstance(raw, str):
-        rejections += _held(where, f"is a JSON {json_type(raw)}, not a string; hostname kept", ("hostname",))
+        rejections += Rejection.holding(
+            where, f"is a JSON {json_type(raw)}, not a string; hostname kept", ("hostname",)
+        )
         return ""
     value = (raw or "").strip()
     if value:
-        if _NOT_ONE_WORD.search(value):
-            rejections += _held(where, "is not one word; hostname kept", ("hostname",))
+        if common.NOT_ONE_WORD.search(value):
+            rejections += Rejection.holding(where, "is not one word; hostname kept", ("hostname",))
             return ""
         return value
     # No hostname: Nova's display name, when it can be one (it may hold spaces).
     name = meta.get("name")
-    if isinstance(name, str) and name.strip() and not _NOT_ONE_WORD.search(name.strip()):
+    if isinstance(name, str) and name.strip() and not common.NOT_ONE_WORD.search(name.strip()):
         return name.strip()
     return ""
 
@@ -337,13 +318,13 @@ def _ssh_keys(meta: Mapping[str, object], rejections: list[Rejection]) -> list[S
             if isinstance(value, str):
                 keys += _key_lines(value, place, rejections)
             elif value is not None:
-                rejections += _held(
+                rejections += Rejection.holding(
                     place,
                     f"is a JSON {json_type(value)}, not a key line; keys kept as they are",
                     ("accounts",),
                 )
     elif public is not None:
-        rejections += _held(
+        rejections += Rejection.holding(
             where, f"is a JSON {json_type(public)}, not an object; keys kept as they are", ("accounts",)
         )
     listed = meta.get("keys")
@@ -352,7 +333,7 @@ def _ssh_keys(meta: Mapping[str, object], rejections: list[Rejection]) -> list[S
         for number, entry in enumerate(listed, start=1):
             place = f"{where}[{number - 1}]"
             if not isinstance(entry, dict):
-                rejections += _held(
+                rejections += Rejection.holding(
                     place,
                     f"is a JSON {json_type(entry)}, not an object; keys kept as they are",
                     ("accounts",),
@@ -365,18 +346,18 @@ def _ssh_keys(meta: Mapping[str, object], rejections: list[Rejection]) -> list[S
             if isinstance(data, str):
                 keys += _key_lines(data, place, rejections)
             else:
-                rejections += _held(
+                rejections += Rejection.holding(
                     f"{place} data",
                     f"is a JSON {json_type(data)}, not a key line; keys kept as they are",
                     ("accounts",),
                 )
     elif listed is not None:
-        rejections += _held(
+        rejections += Rejection.holding(
             where, f"is a JSON {json_type(listed)}, not an array; keys kept as they are", ("accounts",)
         )
     keys = list(dedupe(keys))
     if len(keys) > MAX_KEYS:
-        rejections += _held(
+        rejections += Rejection.holding(
             f"{META_DATA} keys", f"holds more than {MAX_KEYS} keys; keys kept as they are", ("accounts",)
         )
         keys = keys[:MAX_KEYS]
@@ -626,12 +607,12 @@ def _network_data(
     if raw is None:
         return (), (), None
     if isinstance(raw, Unreadable):
-        rejections += _held(NETWORK_DATA, f"{raw.reason}; network kept as is", _NETWORK)
+        rejections += Rejection.holding(NETWORK_DATA, f"{raw.reason}; network kept as is", _NETWORK)
         return (), (), None
     try:
         document = loads(raw)
     except JsonRefused as exc:
-        rejections += _held(NETWORK_DATA, f"{exc}; network kept as is", _NETWORK)
+        rejections += Rejection.holding(NETWORK_DATA, f"{exc}; network kept as is", _NETWORK)
         return (), (), None
     try:
         doc = _object(document, NETWORK_DATA)
@@ -681,10 +662,10 @@ def _network_data(
             _dns(_list(doc, "services", f"{NETWORK_DATA} ", MAX_DNS * 4), f"{NETWORK_DATA} services")
         )
     except _Held as held:
-        rejections += _held(held.where, f"{held.reason}; network kept as is", _NETWORK)
-        return (), (), _freeze(document)
+        rejections += Rejection.holding(held.where, f"{held.reason}; network kept as is", _NETWORK)
+        return (), (), common.freeze(document)
     rejections += refused
-    return tuple(nic.neutral() for nic in nics.values()), resolvers, _freeze(document)
+    return tuple(nic.neutral() for nic in nics.values()), resolvers, common.freeze(document)
 
 
 def _read_links(doc: Mapping[str, object]) -> tuple[dict[str, _Nic], dict[str, _Nic], dict[str, str]]:
@@ -722,7 +703,7 @@ def _read_links(doc: Mapping[str, object]) -> tuple[dict[str, _Nic], dict[str, _
 
 def _user_data(raw: bytes | Unreadable | None, rejections: list[Rejection]) -> bytes | None:
     if isinstance(raw, Unreadable):
-        rejections += _held(USER_DATA, f"{raw.reason}; kept as it was", (_DATA,))
+        rejections += Rejection.holding(USER_DATA, f"{raw.reason}; kept as it was", (_DATA,))
         return None
     return raw
 
@@ -731,12 +712,12 @@ def _vendor_document(raw: bytes | Unreadable | None, name: str, rejections: list
     if raw is None:
         return None
     if isinstance(raw, Unreadable):
-        rejections += _held(name, f"{raw.reason}; kept as it was", (_DATA,))
+        rejections += Rejection.holding(name, f"{raw.reason}; kept as it was", (_DATA,))
         return None
     try:
-        return _freeze(loads(raw))
+        return common.freeze(loads(raw))
     except JsonRefused as exc:
-        rejections += _held(name, f"{exc}; kept as it was", (_DATA,))
+        rejections += Rejection.holding(name, f"{exc}; kept as it was", (_DATA,))
         return None
 
 

@@ -37,7 +37,6 @@ the operator's first, then the user's.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -52,8 +51,8 @@ from guestagent.domain.metadata import (
     Route,
     SshKey,
 )
-from guestagent.domain.ssh_keys import dedupe, key_for_user
-from guestagent.domain.validation import Invalid
+from guestagent.domain.platforms import common
+from guestagent.domain.ssh_keys import dedupe
 from guestagent.domain.values import canonical_ip, canonical_mac
 
 PLATFORM = "smartos"
@@ -94,8 +93,6 @@ MAX_ROUTES = 256
 MAX_RESOLVERS = 16
 MIN_MTU, MAX_MTU = 68, 65535
 
-_INSTANCE_ID = re.compile(r"[\x21-\x7e]{1,255}")
-_NOT_ONE_WORD = re.compile(r"[\x00-\x20\x7f]")
 # The subsystems that act on NICs (the primary address names the host in /etc/hosts).
 _NETWORK = ("nics", "routes", "hostname")
 _DATA = "scripts"
@@ -148,17 +145,13 @@ def smartos(metadata: InstanceMetadata) -> SmartOsExtras:
     return metadata.extras if isinstance(metadata.extras, SmartOsExtras) else NO_EXTRAS
 
 
-def _held(where: str, reason: str, subsystems: tuple[str, ...]) -> list[Rejection]:
-    return [Rejection(where, reason, concerns=s, holds=True) for s in subsystems]
-
-
 def _text(
     fetched: SmartOsFetched, key: str, subsystems: tuple[str, ...], rejections: list[Rejection]
 ) -> str | None:
     """A key's value as text; None when absent or unreadable (then `subsystems` hold)."""
     if key in fetched.failures:
         reason = f"the host answered FAILURE ({fetched.failures[key]}); kept as is"
-        rejections += _held(key, reason, subsystems)
+        rejections += Rejection.holding(key, reason, subsystems)
         return None
     raw = fetched.values.get(key)
     if raw is None:
@@ -166,7 +159,7 @@ def _text(
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        rejections += _held(key, "is not UTF-8 text; kept as is", subsystems)
+        rejections += Rejection.holding(key, "is not UTF-8 text; kept as is", subsystems)
         return None
 
 
@@ -179,7 +172,7 @@ def _json(
     try:
         return loads(text)
     except JsonRefused as exc:
-        rejections += _held(key, f"{exc}; kept as is", subsystems)
+        rejections += Rejection.holding(key, f"{exc}; kept as is", subsystems)
         return None
 
 
@@ -196,7 +189,7 @@ def _instance_id(fetched: SmartOsFetched) -> str:
         value = raw.decode("ascii").strip()
     except UnicodeDecodeError as exc:
         raise SmartOsError(f"{UUID} is not ASCII") from exc
-    if not _INSTANCE_ID.fullmatch(value):
+    if not common.ONE_WORD_ID.fullmatch(value):
         raise SmartOsError(f"{UUID} is not one printable word of 1 to 255 characters")
     return value
 
@@ -209,8 +202,8 @@ def _hostname(fetched: SmartOsFetched, rejections: list[Rejection]) -> str:
         value = (text or "").strip()
         if not value:
             continue
-        if _NOT_ONE_WORD.search(value) or len(value) > 255:
-            rejections += _held(key, "is not one word; hostname kept", ("hostname",))
+        if common.NOT_ONE_WORD.search(value) or len(value) > 255:
+            rejections += Rejection.holding(key, "is not one word; hostname kept", ("hostname",))
             return ""
         return value
     return ""
@@ -223,20 +216,7 @@ def _ssh_keys(fetched: SmartOsFetched, rejections: list[Rejection]) -> list[SshK
     text = _text(fetched, ROOT_KEYS, ("accounts",), rejections)
     if text is None:
         return []
-    keys: list[SshKey] = []
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.rstrip("\r")
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            keys.append(key_for_user(ROOT, line))
-        except Invalid as exc:
-            rejections.append(Rejection(f"{ROOT_KEYS} line {number}", str(exc)))
-    if len(keys) > MAX_KEYS:
-        reason = f"holds more than {MAX_KEYS} keys; keys kept as they are"
-        rejections += _held(ROOT_KEYS, reason, ("accounts",))
-        return keys[:MAX_KEYS]
-    return keys
+    return common.user_key_file(text, ROOT, ROOT_KEYS, rejections, max_keys=MAX_KEYS)
 
 
 # ------------------------------------------------------------------ network
@@ -329,7 +309,7 @@ def _optional_text(entry: Mapping[str, object], name: str) -> str | None:
     value = entry.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or _NOT_ONE_WORD.search(value) or len(value) > 64:
+    if not isinstance(value, str) or common.NOT_ONE_WORD.search(value) or len(value) > 64:
         raise _Unreadable(f"{name} is not one word")
     return value
 
@@ -364,10 +344,14 @@ def _nics(fetched: SmartOsFetched, rejections: list[Rejection]) -> list[_Nic] | 
     if doc is None:
         return None if any(r.where == NICS for r in rejections) else []
     if not isinstance(doc, list):
-        rejections += _held(NICS, f"is a JSON {json_type(doc)}, not a list; network kept as is", _NETWORK)
+        rejections += Rejection.holding(
+            NICS, f"is a JSON {json_type(doc)}, not a list; network kept as is", _NETWORK
+        )
         return None
     if len(doc) > MAX_NICS:
-        rejections += _held(NICS, f"lists more than {MAX_NICS} NICs; network kept as is", _NETWORK)
+        rejections += Rejection.holding(
+            NICS, f"lists more than {MAX_NICS} NICs; network kept as is", _NETWORK
+        )
         return None
     nics: list[_Nic] = []
     seen: set[str] = set()
@@ -375,7 +359,7 @@ def _nics(fetched: SmartOsFetched, rejections: list[Rejection]) -> list[_Nic] | 
         try:
             nic = _nic(entry)
         except _Unreadable as exc:
-            rejections += _held(f"{NICS}[{index}]", f"{exc}; network kept as is", _NETWORK)
+            rejections += Rejection.holding(f"{NICS}[{index}]", f"{exc}; network kept as is", _NETWORK)
             return None
         if nic.mac not in seen:
             seen.add(nic.mac)
@@ -391,7 +375,7 @@ def _resolvers(fetched: SmartOsFetched, rejections: list[Rejection]) -> tuple[st
         return ()
     if not isinstance(doc, list) or len(doc) > MAX_RESOLVERS:
         reason = f"is not a list of up to {MAX_RESOLVERS} addresses; DNS kept"
-        rejections += _held(RESOLVERS, reason, ("nics",))
+        rejections += Rejection.holding(RESOLVERS, reason, ("nics",))
         return ()
     out: list[str] = []
     for item in doc:
@@ -400,7 +384,9 @@ def _resolvers(fetched: SmartOsFetched, rejections: list[Rejection]) -> tuple[st
                 raise ValueError("not a string")
             address = canonical_ip(item)
         except ValueError:
-            rejections += _held(RESOLVERS, "holds something that is not an IP address; DNS kept", ("nics",))
+            rejections += Rejection.holding(
+                RESOLVERS, "holds something that is not an IP address; DNS kept", ("nics",)
+            )
             return ()
         if address not in out:
             out.append(address)
@@ -431,14 +417,16 @@ def _routes(fetched: SmartOsFetched, nics: list[_Nic] | None, rejections: list[R
     if doc is None:
         return []
     if not isinstance(doc, list) or len(doc) > MAX_ROUTES:
-        rejections += _held(ROUTES, f"is not a list of up to {MAX_ROUTES} routes; routes kept", ("routes",))
+        rejections += Rejection.holding(
+            ROUTES, f"is not a list of up to {MAX_ROUTES} routes; routes kept", ("routes",)
+        )
         return []
     parsed: list[tuple[str, str, bool]] = []
     for index, entry in enumerate(doc):
         try:
             parsed.append(_route(entry))
         except _Unreadable as exc:
-            rejections += _held(f"{ROUTES}[{index}]", f"{exc}; routes kept", ("routes",))
+            rejections += Rejection.holding(f"{ROUTES}[{index}]", f"{exc}; routes kept", ("routes",))
             return []
     loose: list[Route] = []
     for dst, gateway, linklocal in parsed:
@@ -494,7 +482,9 @@ def _scripts(fetched: SmartOsFetched, rejections: list[Rejection]) -> dict[str, 
 
 def _data(fetched: SmartOsFetched, key: str, rejections: list[Rejection]) -> bytes | None:
     if key in fetched.failures:
-        rejections += _held(key, f"the host answered FAILURE ({fetched.failures[key]}); kept as is", (_DATA,))
+        rejections += Rejection.holding(
+            key, f"the host answered FAILURE ({fetched.failures[key]}); kept as is", (_DATA,)
+        )
         return None
     return fetched.values.get(key)
 

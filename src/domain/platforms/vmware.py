@@ -35,14 +35,13 @@ import binascii
 import re
 import zlib
 from collections.abc import Mapping
-from types import MappingProxyType
 
 import attrs
 
 from guestagent.domain.metadata import InstanceMetadata, Rejection, SshKey
+from guestagent.domain.platforms import common
 from guestagent.domain.platforms.cpio import smbios_uuid
-from guestagent.domain.platforms.nocloud import Unreadable, shape_problem
-from guestagent.domain.ssh_keys import dedupe, parse_default_user_keys
+from guestagent.domain.ssh_keys import dedupe
 
 PLATFORM = "vmware"
 KEYS = ("metadata", "userdata", "vendordata")
@@ -53,8 +52,6 @@ MAX_KEYS = 100
 EMPTY = "---"
 KEY_FIELDS = ("public-keys-data", "public_keys_data", "public-keys", "public_keys")
 
-_INSTANCE_ID = re.compile(r"[\x21-\x7e]{1,255}")
-_NOT_ONE_WORD = re.compile(r"[\x00-\x20\x7f]")
 _BASE64_SPACE = re.compile(r"\s+")
 _NETWORK = ("nics", "routes")
 # Who runs what user-data asks: the script runners (see the first-boot subsystem).
@@ -69,17 +66,13 @@ class GuestinfoDecodeError(ValueError):
     """A guestinfo value does not decode as its `.encoding` says; str() is safe to log."""
 
 
-def _frozen_mapping(value: Mapping[str, object]) -> Mapping[str, object]:
-    return MappingProxyType(dict(value))
-
-
 @attrs.frozen
 class VmwareExtras:
     """What only VMware has: the whole metadata mapping (read-only; not in repr, it
     holds key lines) and its `network` value kept as given: a mapping (read-only),
     or the decoded bytes of an encoded string. None when absent or refused."""
 
-    metadata: Mapping[str, object] = attrs.field(factory=dict, converter=_frozen_mapping, repr=False)
+    metadata: Mapping[str, object] = attrs.field(factory=dict, converter=common.read_only, repr=False)
     network: object = None
 
 
@@ -145,41 +138,10 @@ def decode_guestinfo(value: str, encoding: str | None, *, limit: int = DECODED_M
     return data
 
 
-def _held(where: str, reason: str, subsystems: tuple[str, ...]) -> list[Rejection]:
-    return [Rejection(where, reason, concerns=s, holds=True) for s in subsystems]
-
-
-def _freeze(value: object) -> object:
-    if isinstance(value, Mapping):
-        return MappingProxyType({key: _freeze(sub) for key, sub in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(sub) for sub in value)
-    if isinstance(value, set):
-        return frozenset(value)
-    return value
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return "null" if value is None else f"a {type(value).__name__}"
-
-
 def _metadata(value: object) -> dict[str, object]:
     if value is None:
         return {}
-    if isinstance(value, Unreadable):
-        raise VmwareError(f"guestinfo.metadata refused: {value.reason}")
-    if not isinstance(value, Mapping):
-        raise VmwareError(f"guestinfo.metadata is {_kind(value)}, not a mapping")
-    problem = shape_problem(value)
-    if problem:
-        raise VmwareError(f"guestinfo.metadata {problem}")
-    return {key: _freeze(sub) for key, sub in value.items() if isinstance(key, str)}
+    return common.meta_mapping(value, "guestinfo.metadata", VmwareError)
 
 
 def _instance_id(meta: Mapping[str, object], product_uuid: str | None) -> str:
@@ -189,67 +151,16 @@ def _instance_id(meta: Mapping[str, object], product_uuid: str | None) -> str:
         if uuid is None:
             raise VmwareError("guestinfo.metadata has no instance-id and the SMBIOS UUID is unreadable")
         return uuid
-    if isinstance(raw, bool) or not isinstance(raw, str | int):
-        raise VmwareError(f"guestinfo.metadata instance-id is {_kind(raw)}, not a string")
-    value = str(raw).strip()
-    if not _INSTANCE_ID.fullmatch(value):
-        raise VmwareError("guestinfo.metadata instance-id is not one printable word of 1 to 255 characters")
-    return value
-
-
-def _hostname(meta: Mapping[str, object], rejections: list[Rejection]) -> str:
-    raw = meta.get("local-hostname")
-    if raw is None:
-        return ""
-    if isinstance(raw, bool) or not isinstance(raw, str | int):
-        reason = f"is {_kind(raw)}, not a string; hostname kept"
-        rejections += _held("guestinfo.metadata local-hostname", reason, ("hostname",))
-        return ""
-    value = str(raw).strip()
-    if _NOT_ONE_WORD.search(value):
-        reason = "is not one word; hostname kept"
-        rejections += _held("guestinfo.metadata local-hostname", reason, ("hostname",))
-        return ""
-    return value
-
-
-def _lines(value: object, where: str, rejections: list[Rejection]) -> list[tuple[str, list[str]]]:
-    if isinstance(value, str):
-        return [(where, value.splitlines())]
-    if isinstance(value, tuple):  # a list, frozen
-        out: list[tuple[str, list[str]]] = []
-        for index, item in enumerate(value):
-            if isinstance(item, str):
-                out.append((f"{where}[{index}]", item.splitlines()))
-            elif item is not None:
-                reason = f"is {_kind(item)}, not a key line; keys kept as they are"
-                rejections += _held(f"{where}[{index}]", reason, ("accounts",))
-        return out
-    rejections += _held(where, f"is {_kind(value)}, not key lines; keys kept as they are", ("accounts",))
-    return []
+    return common.instance_id(raw, "guestinfo.metadata", VmwareError)
 
 
 def _ssh_keys(meta: Mapping[str, object], rejections: list[Rejection]) -> list[SshKey]:
     field = next((f for f in KEY_FIELDS if f in meta), None)
     if field is None or meta[field] is None:
         return []
-    raw, where = meta[field], f"guestinfo.metadata {field}"
-    if isinstance(raw, Mapping):
-        groups: list[tuple[str, list[str]]] = []
-        for number, value in enumerate(raw.values(), start=1):
-            if value is not None:
-                groups += _lines(value, f"{where} entry {number}", rejections)
-    else:
-        groups = _lines(raw, where, rejections)
-    keys: list[SshKey] = []
-    for place, lines in groups:
-        found, refused = parse_default_user_keys(lines, place)
-        keys += found
-        rejections += refused
-    if len(keys) > MAX_KEYS:
-        rejections += _held(where, f"holds more than {MAX_KEYS} keys; keys kept as they are", ("accounts",))
-        keys = keys[:MAX_KEYS]
-    return keys
+    # sets=False: a YAML set of keys holds accounts here (NoCloud, like cloud-init, reads one).
+    where = f"guestinfo.metadata {field}"
+    return common.public_keys(meta[field], where, rejections, max_keys=MAX_KEYS, sets=False)
 
 
 def _network(meta: Mapping[str, object], rejections: list[Rejection]) -> object:
@@ -259,23 +170,16 @@ def _network(meta: Mapping[str, object], rejections: list[Rejection]) -> object:
     if isinstance(raw, Mapping):
         return raw  # frozen already
     if not isinstance(raw, str):
-        rejections += _held("guestinfo.metadata network", f"is {_kind(raw)}; network kept as is", _NETWORK)
+        rejections += Rejection.holding(
+            "guestinfo.metadata network", f"is {common.yaml_kind(raw)}; network kept as is", _NETWORK
+        )
         return None
     encoding = meta.get("network.encoding")
     try:
         return decode_guestinfo(raw, encoding if isinstance(encoding, str) else None)
     except GuestinfoDecodeError as exc:
-        rejections += _held("guestinfo.metadata network", f"{exc}; network kept as is", _NETWORK)
+        rejections += Rejection.holding("guestinfo.metadata network", f"{exc}; network kept as is", _NETWORK)
         return None
-
-
-def _data(value: object, name: str, rejections: list[Rejection]) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    if isinstance(value, Unreadable):
-        rejections += _held(name, f"{value.reason}; kept as it was", _DATA)
-        return None
-    raise VmwareError(f"{name} is {_kind(value)}, not bytes")
 
 
 def parse_vmware(
@@ -296,11 +200,11 @@ def parse_vmware(
     meta = _metadata(metadata)
     instance_id = _instance_id(meta, product_uuid)
     rejections: list[Rejection] = []
-    hostname = _hostname(meta, rejections)
+    hostname = common.local_hostname(meta, "guestinfo.metadata", rejections)
     keys = _ssh_keys(meta, rejections)
     network = _network(meta, rejections)
-    user = _data(user_data, "guestinfo.userdata", rejections)
-    vendor = _data(vendor_data, "guestinfo.vendordata", rejections)
+    user = common.data_bytes(user_data, "guestinfo.userdata", _DATA, VmwareError, rejections)
+    vendor = common.data_bytes(vendor_data, "guestinfo.vendordata", _DATA, VmwareError, rejections)
     return InstanceMetadata(
         platform=PLATFORM,
         instance_id=instance_id,

@@ -1,5 +1,7 @@
-"""One guest, booted once from the image, then changed live and rebooted on the same disk.
+"""GCE: one guest, booted once from the image, then changed live and rebooted on the same disk.
 
+The guest has GCE's SMBIOS identity (product "Google Compute Engine") and the
+agent runs as the image ships it, with no --platform: it detects GCE from DMI.
 Tests in this module share that VM and run in file order (the reboot is
 last), so `nox -s vm` runs them with `--dist loadfile`.
 """
@@ -17,10 +19,10 @@ from guestsim import Simulator
 from guestsim.vm import ssh
 from guestsim.vm.image import ImagePaths
 from guestsim.vm.machine import Vm, wait_until
-from guestsim.vm.qemu import Runner
+from guestsim.vm.qemu import SMBIOS, Runner
 
 from .conftest import UserKey, record_timing
-from .guest import boot_report
+from .guest import agent_journal, boot_report
 
 STARTUP_MARK = "vm-test-startup-script-ran"
 SHUTDOWN_MARK = "vm-test-shutdown-script-ran"
@@ -68,13 +70,21 @@ def vm(
     vm_logs_dir: Path,
 ) -> Iterator[Vm]:
     alice = user_keys("alice")
-    with Vm(guest_image, sim.port, vm_runner, keep_dir=vm_logs_dir / "first_boot") as machine:
+    with Vm(
+        guest_image, sim.port, vm_runner, keep_dir=vm_logs_dir / "gce_first_boot", smbios=SMBIOS["gce"]
+    ) as machine:
         machine.start()
         if not wait_until(lambda: machine.can_login("alice", alice.private), 300, 0.5):
             raise TimeoutError(f"alice never logged in\n{machine.diagnose()}")
         boot_to_ssh = time.monotonic() - machine.started_at
-        record_timing(f"first boot ({vm_runner.name} runner)", boot_report(machine, boot_to_ssh))
+        record_timing(f"gce first boot ({vm_runner.name} runner)", boot_report(machine, boot_to_ssh))
         yield machine
+
+
+def test_agent_detected_gce_from_dmi(vm: Vm):
+    assert vm.ssh("cat /sys/class/dmi/id/product_name").stdout.strip() == "Google Compute Engine"
+    journal = agent_journal(vm)
+    assert "platform gce: DMI product_name is 'Google Compute Engine'" in journal, journal[-3000:]
 
 
 def test_metadata_user_logs_in_with_a_real_ssh_client(vm: Vm, user_keys: Callable[[str], UserKey]):

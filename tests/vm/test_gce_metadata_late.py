@@ -1,5 +1,6 @@
-"""The metadata server is down when the guest boots and comes up later:
-the agent keeps trying and provisions without a reboot."""
+"""GCE: the metadata server is down when the guest boots and comes up later:
+the agent keeps trying and provisions without a reboot. (The guest says it is
+GCE through DMI, so detection does not depend on the server being up.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from guestsim import Simulator
 from guestsim.vm.image import ImagePaths
 from guestsim.vm.machine import Vm, wait_until
-from guestsim.vm.qemu import Runner, free_port
+from guestsim.vm.qemu import SMBIOS, Runner, free_port
 
 from .conftest import UserKey, record_timing
 
@@ -30,7 +31,9 @@ def test_provisioning_completes_when_the_metadata_server_comes_up_late(
     # Nothing listens on this port yet: each guest connection to
     # 169.254.169.254:80 is accepted by slirp and closed when socat fails.
     port = free_port()
-    with Vm(guest_image, port, vm_runner, keep_dir=vm_logs_dir / "metadata_late") as vm:
+    with Vm(
+        guest_image, port, vm_runner, keep_dir=vm_logs_dir / "gce_metadata_late", smbios=SMBIOS["gce"]
+    ) as vm:
         vm.start()
         # Count the outage from when the agent starts, not from QEMU start:
         # under TCG the guest needs 30-60 s to get that far.
@@ -45,7 +48,7 @@ def test_provisioning_completes_when_the_metadata_server_comes_up_late(
             up = time.monotonic()
             assert wait_until(lambda: vm.can_login("alice", alice.private), 300, 0.5), vm.diagnose()
             record_timing(
-                "metadata server up late",
+                "gce: metadata server up late",
                 f"alice logged in {time.monotonic() - up:.1f} s after the server came up",
             )
             assert vm.boots == 1
