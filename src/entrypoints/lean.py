@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import warnings
 
 
 def skip_chardet() -> None:
@@ -25,3 +26,6 @@ def skip_chardet() -> None:
     if importlib.util.find_spec("charset_normalizer") is None:
         return
     sys.modules["chardet"] = None  # type: ignore[assignment]
+    # Debian's requests then warns that it found "chardet (None)" beside charset_normalizer,
+    # once per process, on every console: the pairing is the one it supports without chardet.
+    warnings.filterwarnings("ignore", message=r"urllib3 \(.*\) or chardet \(None\)")

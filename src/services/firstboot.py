@@ -102,7 +102,7 @@ class FirstBootSubsystem:
         for note in planned.notes:
             self._warnings.warn(ctx.log, note)
         for script in planned.done:
-            ctx.log.debug("firstboot: %s completed earlier for this instance", script.describe())
+            ctx.log.info("firstboot: %s completed earlier for this instance", script.describe())
         if not planned.actions:
             return Outcome(self.name)
         if ctx.dry_run:

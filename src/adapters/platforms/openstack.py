@@ -119,6 +119,7 @@ class OpenStackMetadata:
         self._stop = threading.Event()
         # Identity only: requests would otherwise decode a gzip body of any size.
         self._session = http.new_session({"Accept-Encoding": "identity"})
+        self._said_source: str | None = None
 
     # -------------------------------------------------------------- locating
 
@@ -187,7 +188,11 @@ class OpenStackMetadata:
     # -------------------------------------------------------------- the port
 
     def get(self) -> Snapshot:
-        return self.read(self.locate())
+        where = self.locate()
+        if where.shown != self._said_source:  # where the metadata comes from, said once
+            log.info("OpenStack: reading the %s", where.shown)
+            self._said_source = where.shown
+        return self.read(where)
 
     def watch(self, last_etag: str | None) -> Iterator[Snapshot]:
         return watch_snapshots(
