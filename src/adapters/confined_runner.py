@@ -31,6 +31,11 @@ class ConfinedRunner:
     def which(self, program: str) -> str | None:
         return self._inner.which(program)
 
+    def cancel(self) -> None:
+        cancel = getattr(self._inner, "cancel", None)
+        if cancel is not None:
+            cancel()
+
     def _allowed(self, argv: Sequence[str]) -> bool:
         program = os.path.basename(argv[0])
         args = list(argv[1:])

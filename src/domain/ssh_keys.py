@@ -60,7 +60,9 @@ def parse_user_key_lines(text: str, where: str) -> tuple[list[SshKey], list[Reje
             rejections.append(Rejection(place, "no 'user:' prefix"))
             continue
         try:
-            keys.append(key_for_user(user.strip(), key_text))
+            # ASCII blanks only: str.strip() would also eat NBSP, U+2028 and the like,
+            # turning "bob\u00a0" into the existing user bob.
+            keys.append(key_for_user(user.strip(" \t"), key_text))
         except Invalid as exc:
             rejections.append(Rejection(place, str(exc)))
     return keys, rejections

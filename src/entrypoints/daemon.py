@@ -6,7 +6,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from guestagent.adapters.sd_notify import sd_notify
@@ -51,6 +51,15 @@ class Daemon:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.ctx.log.info("signal %d: stopping", signum)
         self.stop.set()
+        self.end_commands()
+
+    def end_commands(self) -> None:
+        """End the commands a pass is running (useradd, ssh-keygen, DHCP) and start no more,
+        so a stop is bounded by moments, not by the slowest command. A runner without
+        `cancel` (an embedding program's own) is left to finish."""
+        cancel = getattr(self.ctx.runner, "cancel", None)
+        if cancel is not None:
+            cancel()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -203,10 +212,14 @@ def run_daemon(options: Options) -> int:
     its probes.
     """
     stop = threading.Event()
+    # What ends the commands a pass is running, once the agent is wired (Daemon.end_commands).
+    cancels: list[Callable[[], None]] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
         stop.set()
+        for cancel in cancels:
+            cancel()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -236,5 +249,6 @@ def run_daemon(options: Options) -> int:
             backoff_max=options.backoff_max,
             stop=stop,
         )
+        cancels.append(daemon.end_commands)
         return daemon.run()
     return 0

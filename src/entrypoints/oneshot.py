@@ -37,6 +37,7 @@ def fetch_with_deadline(source: MetadataSource, wait: float, log: logging.Logger
     """One snapshot, retrying with backoff for up to `wait` seconds (not when disabled)."""
     deadline = time.monotonic() + wait
     backoff = Backoff(cap=5.0)
+    said: str | None = None
     while True:
         try:
             return source.get()
@@ -46,7 +47,9 @@ def fetch_with_deadline(source: MetadataSource, wait: float, log: logging.Logger
             delay = backoff.next_delay()
             if time.monotonic() + delay > deadline:
                 raise
-            log.warning("%s; retrying in %.1fs", exc, delay)
+            if str(exc) != said:  # one line per kind of failure, not one per retry
+                log.warning("%s; retrying for up to %.0fs", exc, wait)
+                said = str(exc)
             time.sleep(delay)
 
 

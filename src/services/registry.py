@@ -32,6 +32,7 @@ def all_subsystems() -> list[Subsystem]:
     from guestagent.services.firstboot import FirstBootSubsystem
     from guestagent.services.hostname import HostnameSubsystem
     from guestagent.services.instance_setup import InstanceSetupSubsystem
+    from guestagent.services.metadata_firewall import MetadataFirewallSubsystem
     from guestagent.services.network import NetworkSubsystem
     from guestagent.services.nics import NicsSubsystem
     from guestagent.services.oslogin import OsLoginSubsystem
@@ -49,4 +50,5 @@ def all_subsystems() -> list[Subsystem]:
         ClockSubsystem(),
         FirstBootSubsystem(),
         DisksSubsystem(),
+        MetadataFirewallSubsystem(),
     ]

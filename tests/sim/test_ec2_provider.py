@@ -215,11 +215,14 @@ def test_html_with_200_is_refused(make_simulator: Any, open_source: Open, patter
         open_source(sim).get()
 
 
-def test_oversized_user_data_is_refused(make_simulator: Any, open_source: Open) -> None:
+def test_oversized_user_data_holds_only_what_reads_it(make_simulator: Any, open_source: Open) -> None:
     sim = make_simulator(V2, platforms=("ec2",))
     sim.set("user-data", "#!/bin/sh\n" + "x" * (16 * 1024), platform="ec2")
-    with pytest.raises(MetadataUnavailable, match="larger than 16384"):
-        open_source(sim).get()
+    md = open_source(sim).get().metadata
+    assert md.user_data is None and md.ssh_keys  # the keys in the same snapshot still apply
+    held = {(r.where, r.concerns) for r in md.rejections if r.holds}
+    assert held == {("user-data", "scripts"), ("user-data", "firstboot")}
+    assert all("larger than 16384" in r.reason for r in md.rejections if r.holds)
 
 
 def test_truncated_body_is_refused(make_simulator: Any, open_source: Open) -> None:

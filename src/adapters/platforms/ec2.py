@@ -250,14 +250,25 @@ class Ec2Metadata:
             for mac in mac_entries(macs or "")[0][:MAX_NICS]:
                 for field in NIC_FIELDS:
                     self._text(walk, nic_path(mac, field))
-        user_data = self._get("user-data", USER_DATA_MAX, check_body=False)
+        user_data: bytes | None = None
+        user_data_unreadable = None
+        try:
+            user_data = self._get("user-data", USER_DATA_MAX, check_body=False)
+        except http.BodyTooLarge as exc:  # not EC2's own (it caps at 16 KiB): hold what reads it
+            user_data_unreadable = str(exc)
         identity_body = self._get("dynamic/instance-identity/document", walk.budget)
         identity = None if identity_body is None else identity_body.decode("utf-8", "replace")
-        fetched = Ec2Fetched(meta_data=walk.meta, user_data=user_data, identity=identity)
+        fetched = Ec2Fetched(
+            meta_data=walk.meta,
+            user_data=user_data,
+            identity=identity,
+            user_data_unreadable=user_data_unreadable,
+        )
         parts: list[str | bytes] = []
         for path in sorted(walk.meta):
             parts += [path, walk.meta[path]]
         parts += [b"user-data", b"\x00" if user_data is None else b"\x01" + user_data]
+        parts += [user_data_unreadable or ""]
         parts += [b"identity", identity_body if identity_body is not None else b"\x00"]
         return fetched, content_tag(*parts)
 

@@ -28,7 +28,7 @@ from types import MappingProxyType
 import attrs
 
 from guestagent.domain.metadata import Rejection, SshKey
-from guestagent.domain.ssh_keys import key_for_user, parse_default_user_keys
+from guestagent.domain.ssh_keys import dedupe, key_for_user, parse_default_user_keys
 from guestagent.domain.validation import Invalid
 
 # The bounds on what a loaded value may stand for once YAML aliases are expanded.
@@ -218,6 +218,8 @@ def public_keys(
         found, refused = parse_default_user_keys(lines, place)
         keys += found
         rejections += refused
+    # Counted once each: the same key pasted a thousand times is one key, as on GCE and EC2.
+    keys = list(dedupe(keys))
     if len(keys) > max_keys:
         reason = f"holds more than {max_keys} keys; keys kept as they are"
         rejections += Rejection.holding(where, reason, ("accounts",))

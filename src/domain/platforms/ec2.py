@@ -92,6 +92,9 @@ class Ec2Fetched:
     meta_data: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen)
     user_data: bytes | None = None
     identity: str | None = None
+    # Why user data could not be read (e.g. larger than EC2 allows): it then holds only
+    # what reads user data, and the keys in the same snapshot still apply.
+    user_data_unreadable: str | None = None
 
 
 @attrs.frozen
@@ -371,6 +374,8 @@ def parse_ec2(fetched: object) -> InstanceMetadata:
     interfaces = _interfaces(meta, rejections)
     hostname = _hostname(meta, rejections)
     extras = _extras(fetched, rejections)
+    if fetched.user_data_unreadable is not None:
+        rejections += Rejection.holding("user-data", fetched.user_data_unreadable, ("scripts", "firstboot"))
     return InstanceMetadata(
         platform=PLATFORM,
         instance_id=instance_id,

@@ -79,10 +79,24 @@ def gce(metadata: InstanceMetadata) -> GceExtras:
     return metadata.extras if isinstance(metadata.extras, GceExtras) else NO_EXTRAS
 
 
+# Every subsystem an attribute feeds: what a whole unreadable attributes object holds.
+_FED_BY_ATTRIBUTES = tuple(sorted({s for subsystems in _ACTED_ON.values() for s in subsystems}))
+
+
+def _unreadable(where: str, value: object, rejections: list[Rejection]) -> None:
+    """A whole object keys come from is there but unreadable (null, a list...): never
+    "no attributes", which would remove every managed key."""
+    reason = f"is a JSON {json_type(value)}, not an object; kept the current state"
+    rejections += Rejection.holding(where, reason, _FED_BY_ATTRIBUTES)
+
+
 def _attributes(node: Mapping[str, Any], where: str, rejections: list[Rejection]) -> dict[str, str]:
-    raw = node.get("attributes") or {}
+    if "attributes" not in node:
+        return {}
+    raw = node["attributes"]
     if not isinstance(raw, Mapping):
-        raise MetadataError(f"{where}/attributes is not an object")
+        _unreadable(f"{where}/attributes", raw, rejections)
+        return {}
     out: dict[str, str] = {}
     for key, value in raw.items():
         if isinstance(value, str):
@@ -288,13 +302,16 @@ def parse_gce(document: object) -> InstanceMetadata:
     if not isinstance(document, Mapping):
         raise MetadataError("metadata is not a JSON object")
     instance = document.get("instance")
-    project = document.get("project") or {}
-    if not isinstance(instance, Mapping) or not isinstance(project, Mapping):
+    if not isinstance(instance, Mapping):
         raise MetadataError("metadata has no instance object")
+    project = document.get("project", {})
+    rejections: list[Rejection] = []
+    if not isinstance(project, Mapping):
+        _unreadable("project", project, rejections)
+        project = {}
     instance_id = instance.get("id")
     if isinstance(instance_id, bool) or not isinstance(instance_id, int | str) or not str(instance_id):
         raise MetadataError("metadata has no instance id")
-    rejections: list[Rejection] = []
     instance_attrs = _attributes(instance, "instance", rejections)
     project_attrs = _attributes(project, "project", rejections)
     keys, key_rejections = _ssh_keys(instance_attrs, project_attrs)
