@@ -95,6 +95,8 @@ VM_PACKAGES = (
     "qemu-utils",
     "mmdebstrap",
     "e2fsprogs",
+    "ntfs-3g",
+    "fdisk",
     "socat",
     "openssh-client",
     "podman",

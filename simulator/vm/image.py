@@ -7,6 +7,10 @@ base tarball and the .deb's sha256). The kernel and initrd sit beside the
 disk: QEMU boots them directly, no bootloader.
 
     python -m guestsim.vm.image build [--deb PATH] [--cache-dir DIR] [--network dhcp|static]
+
+A variant can also carry files an image builder for one cloud would ship
+(`build_image(..., files={"etc/waagent.conf": TEXT})`: an Azure image's
+WALinuxAgent configuration); they are part of its cache key.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 
 import attrs
 
@@ -26,8 +31,9 @@ from guestsim.vm import cache, rootfs
 
 # Room for users' homes and logs on top of the ~450 MB system; the raw file is sparse.
 DISK_SIZE = "2G"
-# Agent layers kept in the cache, the newest first (two variants per .deb).
-KEEP_IMAGES = 4
+# Agent layers kept in the cache, the newest first (up to three variants per .deb:
+# dhcp, static, and a cloud's own files such as Azure's waagent.conf).
+KEEP_IMAGES = 6
 # Changing how the layer is made must change its key, so this string is hashed too.
 LAYER_VERSION = "agent-layer-v1"
 # What the image builder ships beside the agent's own config file, as a cloud
@@ -91,35 +97,58 @@ class ImagePaths:
         return all(p.exists() for p in (self.disk, self.kernel, self.initrd, self.harness_key))
 
 
-def image_key(base_tarball: Path, deb_path: Path, network: str = "dhcp") -> str:
+def image_key(
+    base_tarball: Path, deb_path: Path, network: str = "dhcp", files: Mapping[str, str] | None = None
+) -> str:
     parts = [LAYER_VERSION, base_tarball.name, cache.file_digest(deb_path), DISK_SIZE, DISTRO_CONFIG]
     if network != "dhcp":  # the DHCP image keeps the key it always had
         parts += [network, STATIC_INTERFACES]
+    if files:  # so does an image without extra files
+        parts.append("files")
+        for name in sorted(files):
+            parts += [name, files[name]]
     return cache.digest(*parts)
 
 
-def build_image(cache_dir: Path, deb_path: Path, *, network: str = "dhcp") -> ImagePaths:
+def _check_file_names(files: Mapping[str, str]) -> None:
+    for name in files:
+        path = PurePosixPath(name)
+        if path.is_absolute() or not path.parts or ".." in path.parts or str(path) != name:
+            raise ValueError(f"an image file is a relative, normalised path inside the root: {name!r}")
+        if name == DISTRO_CONFIG_PATH:
+            raise ValueError(f"/{DISTRO_CONFIG_PATH} is written by the image builder itself")
+
+
+def build_image(
+    cache_dir: Path, deb_path: Path, *, network: str = "dhcp", files: Mapping[str, str] | None = None
+) -> ImagePaths:
     """Return the cached image for this .deb, building the missing layers first.
 
     `network="static"`: the variant without DHCP on eth0 (see NETWORKS).
+    `files`: {path relative to /: text} written into the image (mode 0644) after the
+    .deb is installed, as a cloud's image builder adds its own configuration
+    (Azure's /etc/waagent.conf); a variant of its own in the cache.
     """
     if network not in NETWORKS:
         raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {network!r}")
+    files = dict(files or {})
+    _check_file_names(files)
     cache_dir = cache_dir.resolve()
     base = rootfs.ensure_rootfs(rootfs.GUEST_BASE, cache_dir)
-    key = image_key(base, deb_path, network)
+    key = image_key(base, deb_path, network, files)
     final = cache_dir / f"image-{key}"
     with cache.locked(cache_dir, "image"):
         paths = ImagePaths.at(final, key)
         if paths.complete():
             return paths
         with cache.publishing(final) as scratch:
-            _build_layer(scratch, base, deb_path, network)
+            _build_layer(scratch, base, deb_path, network, files)
             (scratch / "manifest.json").write_text(
                 json.dumps(
                     {
                         "base": base.name,
                         "network": network,
+                        "files": sorted(files),
                         "deb": deb_path.name,
                         "deb_sha256": cache.file_digest(deb_path),
                         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -142,7 +171,9 @@ def _prune(cache_dir: Path, keep: Path, newest: int = KEEP_IMAGES) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _build_layer(scratch: Path, base: Path, deb_path: Path, network: str = "dhcp") -> None:
+def _build_layer(
+    scratch: Path, base: Path, deb_path: Path, network: str = "dhcp", files: Mapping[str, str] | None = None
+) -> None:
     root = scratch / "rootfs"
     root.mkdir()
     try:
@@ -155,6 +186,7 @@ def _build_layer(scratch: Path, base: Path, deb_path: Path, network: str = "dhcp
         _write_distro_config(root)
         if network == "static":
             _write_static_interfaces(root)
+        _write_files(root, files or {})
         _verify_units(root)
         _authorize_harness(root, scratch / "harness_key")
         _copy_boot_files(root, scratch)
@@ -200,6 +232,18 @@ def _write_static_interfaces(root: Path) -> None:
     path = root / "etc/network/interfaces"
     path.write_text(STATIC_INTERFACES)
     os.chmod(path, 0o644)
+
+
+def _write_files(root: Path, files: Mapping[str, str]) -> None:
+    for name, text in sorted(files.items()):
+        path = root / name
+        # Never through a symlink the rootfs holds: the file must land inside the root.
+        if path.parent.resolve() != (root.resolve() / PurePosixPath(name).parent):
+            raise RuntimeError(f"/{name}: a parent folder is a symlink in the image")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        path.write_text(text)
+        os.chmod(path, 0o644)
 
 
 def _verify_units(root: Path) -> None:

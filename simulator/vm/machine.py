@@ -13,6 +13,10 @@ What the guest sees of its platform (see qemu.py), all optional:
     Vm(image, None, runner, cdrom=iso)                                # no metadata forward; /dev/sr0
     Vm(image, None, runner, kernel_args=["ds=nocloud;s=file:///seed/"])
     Vm(image, None, runner, disks=[cpio_img])                         # /dev/vdb, read-only
+    Vm(image, sim.port, runner, disks=[qemu.Disk(res_img, writable=True)])  # /dev/vdb, the guest writes it
+    Vm(image, sim.port, runner, root_size="3G")                      # root disk larger than the image
+    Vm(image, sim.port, runner, metadata_aliases=[qemu.WIRESERVER_ADDRESS],
+       network=qemu.AZURE_NET)                                        # 168.63.129.16:80 -> the simulator too
     Vm(image, None, runner, serial_sockets=[sim.serial_socket("smartos")])  # COM2 = /dev/ttyS1
     Vm(image, sim.port, runner, network=qemu.PUBLIC_NET)              # static address from metadata
 """
@@ -47,16 +51,23 @@ class Vm:
         smbios: qemu.Smbios | None = None,
         cdrom: Path | None = None,
         kernel_args: Sequence[str] = (),
-        disks: Sequence[Path] = (),
+        disks: Sequence[Path | qemu.Disk] = (),
         serial_sockets: Sequence[Path | str] = (),
         network: qemu.SlirpNet = qemu.DEFAULT_NET,
+        metadata_aliases: Sequence[str] = (),
+        root_size: str | None = None,
+        mac: str | None = None,
     ) -> None:
         """`metadata_port` None: no guestfwd (the metadata is on local media, e.g. `cdrom`).
         `cdrom` and `disks` are copied into the VM's directory, so every runner sees them and
-        the caller's files may go away; they stay attached (unchanged: read-only) across
-        reboots. `serial_sockets` are unix sockets someone else serves (the simulator's
-        SmartOS channel): QEMU connects to them, and a container runner gets their
-        directories mounted."""
+        the caller's files may go away; they stay attached across reboots (a read-only one
+        unchanged, a writable one with what the guest wrote), unless `replace_cdrom` /
+        `replace_disk` swap one while the VM is off. `serial_sockets` are unix sockets
+        someone else serves (the simulator's SmartOS channel): QEMU connects to them, and a
+        container runner gets their directories mounted. `metadata_aliases`: more guest
+        addresses forwarded to `metadata_port` (qemu.WIRESERVER_ADDRESS). `root_size`: the
+        root disk's virtual size when it should be larger than the image (qemu-img syntax,
+        "3G"). `mac`: the NIC's MAC (default qemu.DEFAULT_MAC)."""
         self.image = image
         self.metadata_port = metadata_port
         self.runner = runner
@@ -65,6 +76,9 @@ class Vm:
         self.kernel_args = tuple(kernel_args)
         self.serial_sockets = tuple(Path(p) for p in serial_sockets)
         self.network = network
+        self.metadata_aliases = tuple(metadata_aliases)
+        self.root_size = root_size
+        self.mac = mac
         # Short path: a unix socket path must stay under 108 bytes.
         self.files = qemu.VmFiles(Path(tempfile.mkdtemp(prefix="ga-vm-", dir=workdir)))
         self.keep_dir = keep_dir
@@ -76,12 +90,13 @@ class Vm:
             if cdrom is not None:
                 self.cdrom = self.files.directory / "cdrom.iso"
                 shutil.copyfile(cdrom, self.cdrom)
-            self.disks: tuple[Path, ...] = ()
+            self.disks: tuple[qemu.Disk, ...] = ()
             for i, disk in enumerate(disks, start=1):
+                given = disk if isinstance(disk, qemu.Disk) else qemu.Disk(disk)
                 copy = self.files.directory / f"disk{i}.img"
-                shutil.copyfile(disk, copy)
-                self.disks += (copy,)
-            qemu.create_overlay(image.disk, self.files.overlay)
+                shutil.copyfile(given.path, copy)
+                self.disks += (qemu.Disk(copy, writable=given.writable),)
+            qemu.create_overlay(image.disk, self.files.overlay, root_size)
             # Checked now, not at start(): a bad kernel word or SMBIOS value fails before anything boots.
             self.spec().argv()
         except BaseException:
@@ -103,7 +118,27 @@ class Vm:
             disks=self.disks,
             serial_sockets=self.serial_sockets,
             network=self.network,
+            metadata_aliases=self.metadata_aliases,
+            mac=self.mac or qemu.DEFAULT_MAC,
         )
+
+    def replace_cdrom(self, path: Path) -> None:
+        """Put another image in the CD-ROM drive for the next boot (the VM must be off):
+        a new VM's provisioning DVD on the same disk."""
+        if self.cdrom is None:
+            raise RuntimeError("this VM has no CD-ROM drive")
+        self._check_off()
+        shutil.copyfile(path, self.cdrom)
+
+    def replace_disk(self, index: int, path: Path) -> None:
+        """Swap extra disk `index` (0: /dev/vdb) for a copy of `path` for the next boot (the
+        VM must be off), keeping its mode: a new VM's resource disk."""
+        self._check_off()
+        shutil.copyfile(path, self.disks[index].path)
+
+    def _check_off(self) -> None:
+        if self.running():
+            raise RuntimeError("the VM is running: power it off first")
 
     def start(self) -> None:
         """Start QEMU; returns while the guest boots."""
@@ -124,8 +159,13 @@ class Vm:
         while time.monotonic() < deadline:
             self._check_alive()
             if ssh.can_login(self.ssh_port, "root", self.image.harness_key):
-                mine = ssh.run(self.ssh_port, "root", self.image.harness_key,
-                               f"grep -qw {self.files.identity_arg} /proc/cmdline", timeout=60)
+                mine = ssh.run(
+                    self.ssh_port,
+                    "root",
+                    self.image.harness_key,
+                    f"grep -qw {self.files.identity_arg} /proc/cmdline",
+                    timeout=60,
+                )
                 if mine.returncode == 1:
                     raise RuntimeError(f"127.0.0.1:{self.ssh_port} answers for another VM")
                 if mine.returncode == 0:

@@ -7,15 +7,19 @@ so the guest reaches nothing but two forwards made for it:
     relay per guest connection, to the simulator on this machine's loopback.
 The metadata address exists only inside the guest's slirp network; this
 machine never sends anything to it. A guest given no metadata port (a
-NoCloud guest reading a cidata CD-ROM) gets no guestfwd at all.
+NoCloud guest reading a cidata CD-ROM) gets no guestfwd at all. More
+addresses can be forwarded to the same simulator port (`metadata_aliases`:
+Azure's WireServer, 168.63.129.16:80, which the simulator serves beside
+IMDS); like 169.254.169.254 they must lie inside slirp's network.
 
 What a platform shows the guest besides the network is part of the spec too:
 an SMBIOS identity (`Smbios`, read by the agent's DMI detection under
 /sys/class/dmi/id; `SMBIOS["gce"]`, `SMBIOS["ec2"]` are the clouds' own
 values), a CD-ROM image (a NoCloud `cidata` or config-drive ISO, on a
 virtio-scsi CD drive: /dev/sr0 in the guest), and extra kernel command line
-words (`ds=nocloud;s=...`), extra read-only raw disks (the illumos CPIO
-metadata device: /dev/vdb, ...), extra serial ports joined to unix sockets
+words (`ds=nocloud;s=...`), extra raw disks, read-only (the illumos CPIO
+metadata device: /dev/vdb, ...) or writable (`Disk(path, writable=True)`:
+Azure's resource disk), extra serial ports joined to unix sockets
 (SmartOS's metadata channel on COM2, /dev/ttyS1) and the slirp network's
 addresses (`SlirpNet`: a guest that configures a static address from its
 metadata, not by DHCP, needs that address inside the network and the SSH
@@ -86,6 +90,30 @@ def _words(words: Iterable[str]) -> tuple[str, ...]:
 
 def _paths(paths: Iterable[Path]) -> tuple[Path, ...]:
     return tuple(paths)
+
+
+@attrs.frozen
+class Disk:
+    """An extra raw disk after the root disk (/dev/vdb, /dev/vdc, ...).
+
+    Read-only by default (a metadata device the guest must not change);
+    `writable=True` lets the guest write it (a resource disk it formats), so
+    give QEMU a copy (Vm copies every disk into the VM's directory)."""
+
+    path: Path = attrs.field(converter=Path)
+    writable: bool = False
+
+    def drive(self) -> str:
+        mode = "" if self.writable else ",readonly=on"
+        return f"file={_qemu_value(str(self.path))},if=virtio{mode},format=raw"
+
+
+def _disks(disks: Iterable[Path | Disk]) -> tuple[Disk, ...]:
+    return tuple(d if isinstance(d, Disk) else Disk(d) for d in disks)
+
+
+def _addresses(addresses: Iterable[str]) -> tuple[str, ...]:
+    return tuple(str(ipaddress.IPv4Address(a)) for a in addresses)
 
 
 @attrs.frozen
@@ -177,6 +205,19 @@ SMBIOS: dict[str, Smbios] = {
         bios_vendor="DigitalOcean",
         bios_version="20171212",
     ),
+    # Azure (Hyper-V): Microsoft's vendor and "Virtual Machine" product; the chassis
+    # asset tag 7783-7084-3265-9085-8269-3286-77 is what every Azure VM carries
+    # (the agent's, WALinuxAgent's and cloud-init's detection hint).
+    "azure": Smbios(
+        manufacturer="Microsoft Corporation",
+        product="Virtual Machine",
+        version="7.0",
+        serial="0000-0016-4519-5830-1204-4781-47",
+        bios_vendor="Microsoft Corporation",
+        bios_version="Hyper-V UEFI Release v4.1",
+        chassis_manufacturer="Microsoft Corporation",
+        chassis_asset_tag="7783-7084-3265-9085-8269-3286-77",
+    ),
     # Triton KVM/bhyve guests: vendor Joyent, product "SmartDC HVM".
     "smartos": Smbios(
         manufacturer="Joyent",
@@ -189,6 +230,8 @@ SMBIOS: dict[str, Smbios] = {
 
 
 METADATA_ADDRESS = ipaddress.IPv4Address("169.254.169.254")
+# The guest NIC's MAC unless a test gives another (the scenarios' NICs use it).
+DEFAULT_MAC = "42:01:0a:80:00:02"
 
 
 def _ipv4(text: str) -> ipaddress.IPv4Address:
@@ -217,9 +260,12 @@ class SlirpNet:
             if _ipv4(getattr(self, name)) not in network:
                 raise ValueError(f"slirp {name} {getattr(self, name)} is outside {self.net}")
 
-    def options(self, metadata: bool) -> list[str]:
-        if metadata and METADATA_ADDRESS not in ipaddress.IPv4Network(self.net):
-            raise ValueError(f"a guestfwd to {METADATA_ADDRESS} needs it inside {self.net}")
+    def options(self, metadata: bool, aliases: Iterable[str] = ()) -> list[str]:
+        network = ipaddress.IPv4Network(self.net)
+        forwarded = [METADATA_ADDRESS, *map(_ipv4, aliases)] if metadata else []
+        for address in forwarded:
+            if address not in network:
+                raise ValueError(f"a guestfwd to {address} needs it inside {self.net}")
         return [f"net={self.net}", f"host={self.host}", f"dhcpstart={self.dhcpstart}"]
 
 
@@ -232,6 +278,14 @@ DEFAULT_NET = SlirpNet()
 # The scenario's NIC must have public_ip 172.16.0.15 (the simulator's DO
 # document gives it /20 and gateway .1).
 PUBLIC_NET = SlirpNet(net="160.0.0.0/4", host="172.16.0.1", dhcpstart="172.16.0.15")
+# Azure: the guest reaches IMDS (169.254.169.254) and the WireServer
+# (168.63.129.16) at their own addresses, and libslirp accepts a guestfwd only
+# inside its network, so the network is 160.0.0.0/4, which holds both. The
+# guest's DHCP lease is 172.16.0.4 (an Azure subnet's first address), gateway
+# 172.16.0.1; slirp's DHCP sends no option 245, so the agent falls back to
+# 168.63.129.16, as on an Azure VM whose lease lacks it.
+WIRESERVER_ADDRESS = "168.63.129.16"
+AZURE_NET = SlirpNet(net="160.0.0.0/4", host="172.16.0.1", dhcpstart="172.16.0.4")
 
 
 @attrs.frozen
@@ -245,20 +299,24 @@ class QemuSpec:
     metadata_port: int | None
     memory_mb: int = 1024
     cpus: int = 2
-    mac: str = "42:01:0a:80:00:02"
+    mac: str = DEFAULT_MAC
     smbios: Smbios | None = None
     # An ISO image attached read-only as a CD-ROM (/dev/sr0); it must be where
     # the runner shares it with QEMU (Vm copies it into the VM's directory).
     cdrom: Path | None = None
     # Words added to the kernel command line, each one word (no spaces).
     kernel_args: tuple[str, ...] = attrs.field(default=(), converter=_words)
-    # Raw images attached read-only as virtio disks after the root disk
-    # (/dev/vdb, /dev/vdc, ...); like the CD-ROM, where the runner shares them.
-    disks: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
+    # Raw images attached as virtio disks after the root disk (/dev/vdb,
+    # /dev/vdc, ...), read-only unless given as Disk(path, writable=True); like
+    # the CD-ROM, where the runner shares them.
+    disks: tuple[Disk, ...] = attrs.field(default=(), converter=_disks)
     # Unix sockets (servers on this machine, e.g. the simulator's SmartOS
     # channel) joined to extra serial ports: COM2 (/dev/ttyS1), COM3, ...
     serial_sockets: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
     network: SlirpNet = DEFAULT_NET
+    # More guest addresses whose TCP port 80 goes to the metadata port too
+    # (Azure's WireServer, WIRESERVER_ADDRESS); each inside `network.net`.
+    metadata_aliases: tuple[str, ...] = attrs.field(default=(), converter=_addresses)
 
     @kernel_args.validator
     def _one_word_each(self, _attribute: object, value: tuple[str, ...]) -> None:
@@ -270,16 +328,17 @@ class QemuSpec:
         options = [
             "user",
             "id=n0",
-            *self.network.options(metadata=self.metadata_port is not None),
+            *self.network.options(self.metadata_port is not None, self.metadata_aliases),
             "restrict=on",
             f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
         ]
         if self.metadata_port is not None:
             # The -cmd form connects per guest connection; the -tcp form would
             # connect once at start and fail while the simulator is down.
-            options.append(
-                f"guestfwd=tcp:169.254.169.254:80-cmd:socat - TCP:127.0.0.1:{self.metadata_port}"
-            )
+            for address in (str(METADATA_ADDRESS), *self.metadata_aliases):
+                options.append(f"guestfwd=tcp:{address}:80-cmd:socat - TCP:127.0.0.1:{self.metadata_port}")
+        elif self.metadata_aliases:
+            raise ValueError("metadata_aliases need a metadata port to forward to")
         return ",".join(options)
 
     def kernel_command_line(self) -> str:
@@ -305,7 +364,7 @@ class QemuSpec:
         # lower PCI slot and become /dev/vda. Among if=virtio drives the order holds.
         argv: list[str] = []
         for disk in self.disks:
-            argv += ["-drive", f"file={_qemu_value(str(disk))},if=virtio,readonly=on,format=raw"]
+            argv += ["-drive", disk.drive()]
         return argv
 
     def serial_sockets_argv(self) -> list[str]:
@@ -371,13 +430,18 @@ class QemuSpec:
         ]
 
 
-def create_overlay(base_disk: Path, overlay: Path) -> None:
+def create_overlay(base_disk: Path, overlay: Path, size: str | None = None) -> None:
     """A qcow2 overlay over the cached raw disk: the guest writes only here, so
-    the image stays pristine and a reboot keeps this VM's own changes."""
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base_disk), str(overlay)],
-        check=True,
-    )
+    the image stays pristine and a reboot keeps this VM's own changes.
+
+    `size` (qemu-img's syntax, e.g. "3G") makes the overlay's virtual disk larger
+    than the image, as a cloud disk bigger than the image it was made from: the
+    part past the image reads as zeros, and the guest's root filesystem is left
+    to grow into it."""
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base_disk), str(overlay)]
+    if size is not None:
+        argv.append(size)
+    subprocess.run(argv, check=True)
 
 
 class RunningQemu(Protocol):

@@ -22,7 +22,11 @@ SUITE = "bookworm"
 # Debian (every Depends of packaging/debian/control: `dpkg -i` in the image layer
 # installs no dependencies, so a missing one fails the build) and ifupdown +
 # dhclient for DHCP on the NIC. python3-yaml and python3-pycdlib are NoCloud's:
-# meta-data is YAML, and a cidata ISO is read without mounting it.
+# meta-data is YAML, and a cidata ISO is read without mounting it. The disks
+# subsystem's tools are the .deb's Recommends (fdisk: sfdisk; ntfs-3g: ntfsls,
+# which proves a resource disk's NTFS volume empty; cloud-guest-utils:
+# growpart) plus e2fsprogs (mkfs.ext4, resize2fs, dumpe2fs), which a cloud
+# image always has but mmdebstrap's apt variant does not.
 GUEST_PACKAGES = (
     "linux-image-cloud-amd64",
     "initramfs-tools",
@@ -40,6 +44,10 @@ GUEST_PACKAGES = (
     "ifupdown",
     "isc-dhcp-client",
     "procps",
+    "e2fsprogs",
+    "fdisk",
+    "ntfs-3g",
+    "cloud-guest-utils",
 )
 
 # QEMU and socat are all the container needs: socat is the per-connection relay

@@ -21,6 +21,16 @@ network holding that address:
     sudo python -m guestsim.vm.run --metadata-port 8080 --smbios digitalocean \
         --image-network static --slirp public
 
+Azure: the provisioning DVD on the CD-ROM, IMDS and the WireServer
+(168.63.129.16:80, `--wireserver`) both forwarded to the simulator, a
+resource disk the guest may write (`--writable-disk`), a root disk larger
+than the image, and an image carrying /etc/waagent.conf:
+
+    guestsim media azure-ovf-udf --scenario az.yaml --out /tmp/ovf.udf
+    sudo python -m guestsim.vm.run --metadata-port 8080 --smbios azure --cdrom /tmp/ovf.udf \
+        --wireserver --slirp azure --writable-disk /tmp/res.img --root-size 3G \
+        --image-file etc/waagent.conf=/tmp/waagent.conf
+
 `--smbios NAME` gives the guest that cloud's DMI identity (the agent
 detects its platform from it), `--kernel-arg WORD` adds to the kernel command
 line. Prints how to log in and how to attach to the serial console, then
@@ -73,6 +83,28 @@ def main(argv: list[str] | None = None) -> int:
         help="a raw image attached read-only as the next virtio disk (/dev/vdb, ...)",
     )
     parser.add_argument(
+        "--writable-disk",
+        type=Path,
+        action="append",
+        default=[],
+        help="a raw image the guest may write, attached after the --disk ones (a copy is used)",
+    )
+    parser.add_argument(
+        "--root-size", default=None, help="the root disk's size when larger than the image (e.g. 3G)"
+    )
+    parser.add_argument(
+        "--wireserver",
+        action="store_true",
+        help=f"also forward {qemu.WIRESERVER_ADDRESS}:80 (Azure's WireServer) to --metadata-port",
+    )
+    parser.add_argument(
+        "--image-file",
+        action="append",
+        default=[],
+        metavar="DEST=SRC",
+        help="bake file SRC into the image at DEST (relative to /; an image variant of its own)",
+    )
+    parser.add_argument(
         "--serial-socket",
         type=Path,
         action="append",
@@ -89,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--slirp",
         default="",
-        metavar="NET,HOST,GUEST|public",
+        metavar="NET,HOST,GUEST|public|azure",
         help="slirp's network, its own address and the guest's (SSH goes there); "
-        f"public = {qemu.PUBLIC_NET.net},{qemu.PUBLIC_NET.host},{qemu.PUBLIC_NET.dhcpstart}",
+        f"public = {qemu.PUBLIC_NET.net},{qemu.PUBLIC_NET.host},{qemu.PUBLIC_NET.dhcpstart}; "
+        f"azure = {qemu.AZURE_NET.net},{qemu.AZURE_NET.host},{qemu.AZURE_NET.dhcpstart}",
     )
     parser.add_argument("--ssh-port", type=int, default=0, help="127.0.0.1 port for SSH (0: free)")
     parser.add_argument("--deb", type=Path, help="guestagent .deb (default: build from checkout)")
@@ -100,13 +133,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     deb = args.deb or image.build_deb_from_checkout(args.cache_dir / "deb")
-    paths = image.build_image(args.cache_dir, deb, network=args.image_network)
+    files: dict[str, str] = {}
+    for item in args.image_file:
+        dest, sep, src = item.partition("=")
+        if not sep:
+            parser.error(f"--image-file {item!r} is not DEST=SRC")
+        files[dest] = Path(src).read_text()
+    paths = image.build_image(args.cache_dir, deb, network=args.image_network, files=files)
     smbios = qemu.SMBIOS[args.smbios] if args.smbios else None
     if args.uuid:
         smbios = attrs.evolve(smbios or qemu.Smbios(), uuid=args.uuid)
     network = qemu.DEFAULT_NET
     if args.slirp == "public":
         network = qemu.PUBLIC_NET
+    elif args.slirp == "azure":
+        network = qemu.AZURE_NET
     elif args.slirp:
         net, host, guest = args.slirp.split(",")
         network = qemu.SlirpNet(net=net, host=host, dhcpstart=guest)
@@ -135,9 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                 smbios=smbios,
                 cdrom=args.cdrom,
                 kernel_args=args.kernel_arg,
-                disks=args.disk,
+                disks=[*args.disk, *(qemu.Disk(d, writable=True) for d in args.writable_disk)],
                 serial_sockets=args.serial_socket,
                 network=network,
+                metadata_aliases=[qemu.WIRESERVER_ADDRESS] if args.wireserver else [],
+                root_size=args.root_size,
             )
         )
         vm.start()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 # The guest's host keys change with every fresh VM and the port is reused, so
@@ -96,3 +100,63 @@ def keyscan(port: int, types: tuple[str, ...] = KEYSCAN_TYPES, attempts: int = 3
                 keys.update({parts[1]: parts[2] for parts in found})
                 break
     return keys
+
+
+# The password goes to ssh through SSH_ASKPASS (forced, no terminal needed), read from
+# this process's environment by a two-line helper: never on a command line.
+_ASKPASS = '#!/bin/sh\nprintf "%s\\n" "$GUESTSIM_SSH_PASSWORD"\n'
+
+
+def run_with_password(
+    port: int, user: str, password: str, command: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `command` as `user`, logging in with a password only (no key is offered);
+    exit status 255 means the login itself failed (wrong password, or sshd refuses
+    password logins)."""
+    with tempfile.TemporaryDirectory(prefix="guestsim-askpass-") as tmp:
+        askpass = Path(tmp) / "askpass"
+        askpass.write_text(_ASKPASS)
+        askpass.chmod(0o700)
+        # BatchMode=yes (and the "-o" before it) would forbid asking for a password.
+        at = CLIENT_OPTIONS.index("BatchMode=yes")
+        options = list(CLIENT_OPTIONS[: at - 1]) + list(CLIENT_OPTIONS[at + 1 :])
+        argv = [
+            "ssh",
+            *options,
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+            "-p",
+            str(port),
+            f"{user}@127.0.0.1",
+            command,
+        ]
+        env = {
+            **os.environ,
+            "SSH_ASKPASS": str(askpass),
+            "SSH_ASKPASS_REQUIRE": "force",
+            "DISPLAY": os.environ.get("DISPLAY", ":0"),
+            "GUESTSIM_SSH_PASSWORD": password,
+        }
+        return subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=env,
+            start_new_session=True,  # no controlling terminal: ssh must use the askpass helper
+        )
+
+
+def fingerprints(port: int, types: tuple[str, ...] = KEYSCAN_TYPES) -> dict[str, str]:
+    """The SHA256 fingerprints of the host keys the guest's sshd offers, by key type."""
+    out: dict[str, str] = {}
+    for key_type, blob in keyscan(port, types).items():
+        digest = hashlib.sha256(base64.b64decode(blob)).digest()
+        out[key_type] = "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    return out

@@ -293,16 +293,22 @@ def loaded_units(systemctl_show: str) -> frozenset[str]:
 def service_commands(
     action: RestartServices, loaded: frozenset[str]
 ) -> tuple[tuple[str, ...], ...]:
-    """systemctl argv lists for the units that exist; missing units are skipped silently."""
+    """systemctl argv lists for the units that exist; missing units are skipped silently.
+
+    --no-block: at boot, sshd is ordered after the agent (Before=ssh.service), so a
+    blocking systemctl in the agent's first pass would wait on a job that waits on the
+    agent (60 s lost to the command timeout, seen on Azure's first boot). Queued, the
+    reload happens as soon as the unit may start, with the new configuration.
+    """
     commands: list[tuple[str, ...]] = []
     for name in action.restart:
         if f"{name}.service" in loaded:
-            commands.append(("systemctl", "try-restart", f"{name}.service"))
+            commands.append(("systemctl", "--no-block", "try-restart", f"{name}.service"))
     if action.reload_sshd:
         for name in SSHD_SERVICES:
             if f"{name}.service" in loaded:
                 # reload-or-restart also starts an sshd that is not running.
-                commands.append(("systemctl", "reload-or-restart", f"{name}.service"))
+                commands.append(("systemctl", "--no-block", "reload-or-restart", f"{name}.service"))
                 break
     return tuple(commands)
 

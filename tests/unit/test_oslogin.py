@@ -200,11 +200,11 @@ def test_service_commands_only_for_units_that_exist() -> None:
         "Id=ssh.service\nLoadState=loaded\n\nId=ssh.service\nLoadState=loaded\n"
     loaded = oslogin.loaded_units(show)
     assert oslogin.service_commands(oslogin.RestartServices(reload_sshd=True), loaded) == (
-        ("systemctl", "try-restart", "cron.service"),
-        ("systemctl", "reload-or-restart", "ssh.service"),
+        ("systemctl", "--no-block", "try-restart", "cron.service"),
+        ("systemctl", "--no-block", "reload-or-restart", "ssh.service"),
     )
     assert oslogin.service_commands(oslogin.RestartServices(reload_sshd=False), loaded) == (
-        ("systemctl", "try-restart", "cron.service"),
+        ("systemctl", "--no-block", "try-restart", "cron.service"),
     )
 
 
@@ -263,12 +263,12 @@ def test_enable_checks_sshd_config_then_reloads_sshd_and_caches_once(tmp_path: P
     assert "try-restart" not in runner.calls[0]
     restarts = [c for c in runner.calls if c[0] == "systemctl" and c[1] != "show"]
     assert restarts == [
-        ("systemctl", "try-restart", "nscd.service"),
-        ("systemctl", "try-restart", "unscd.service"),
-        ("systemctl", "try-restart", "systemd-logind.service"),
-        ("systemctl", "try-restart", "cron.service"),
-        ("systemctl", "try-restart", "crond.service"),
-        ("systemctl", "reload-or-restart", "ssh.service"),
+        ("systemctl", "--no-block", "try-restart", "nscd.service"),
+        ("systemctl", "--no-block", "try-restart", "unscd.service"),
+        ("systemctl", "--no-block", "try-restart", "systemd-logind.service"),
+        ("systemctl", "--no-block", "try-restart", "cron.service"),
+        ("systemctl", "--no-block", "try-restart", "crond.service"),
+        ("systemctl", "--no-block", "reload-or-restart", "ssh.service"),
     ]
     assert "AuthorizedKeysCommand /usr/bin/google_authorized_keys" in _texts(tmp_path)[0]
 
@@ -305,8 +305,8 @@ def test_sshd_config_rejected_by_sshd_t_is_not_written_and_sshd_not_reloaded(
     assert list((tmp_path / "etc/ssh").iterdir()) == [tmp_path / "etc/ssh/sshd_config"]
     # the other files still changed, so caches restart, but sshd keeps its old config
     restarts = [c for c in runner.calls if c[0] == "systemctl" and c[1] != "show"]
-    assert ("systemctl", "reload-or-restart", "ssh.service") not in restarts
-    assert ("systemctl", "try-restart", "nscd.service") in restarts
+    assert ("systemctl", "--no-block", "reload-or-restart", "ssh.service") not in restarts
+    assert ("systemctl", "--no-block", "try-restart", "nscd.service") in restarts
 
 
 def test_missing_privsep_dir_alone_counts_as_a_passing_check(tmp_path: Path) -> None:
