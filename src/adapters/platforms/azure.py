@@ -375,14 +375,7 @@ class AzureMetadata:
         body = self.imds_document()
         ovf, source, unreadable = self.ovf()
         fetched = AzureFetched(imds=body, ovf=ovf, ovf_source=source, ovf_unreadable=unreadable)
-        try:
-            metadata = self._parse(fetched)
-        except ValueError as exc:
-            raise MetadataUnavailable(f"unusable Azure metadata: {exc}") from exc
-        except Exception as exc:  # a parser crash must not kill the watcher
-            raise MetadataUnavailable(
-                f"Azure metadata could not be parsed ({exc.__class__.__name__})"
-            ) from exc
+        metadata = http.parse_or_unavailable(self._parse, fetched, "Azure metadata")
         return Snapshot(metadata, content_tag(body, b"-" if ovf is None else b"+" + ovf, unreadable or ""))
 
     def watch(self, last_etag: str | None) -> Iterator[Snapshot]:

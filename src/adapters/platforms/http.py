@@ -58,15 +58,21 @@ def json_body(response: requests.Response) -> object:
         raise MetadataUnavailable(f"metadata body refused: {exc}") from exc
 
 
-def parse_or_unavailable(parse: Callable[[object], InstanceMetadata], document: object) -> InstanceMetadata:
+def parse_or_unavailable(
+    parse: Callable[[object], InstanceMetadata], document: object, what: str | None = None
+) -> InstanceMetadata:
     """Run a platform parser; a document it cannot read is treated like a server that is
-    down (retried), and so is a bug in the parser: no thread of the agent dies of it."""
+    down (retried), and so is a bug in the parser: no thread of the agent dies of it.
+    `what` names the source in the reason ("NoCloud seed directory ...")."""
     try:
         return parse(document)
     except ValueError as exc:
-        raise MetadataUnavailable(f"unusable metadata: {exc}") from exc
+        reason = f"unusable metadata: {exc}" if what is None else f"{what} refused: {exc}"
+        raise MetadataUnavailable(reason) from exc
     except Exception as exc:  # a parser crash must not kill the watcher
-        raise MetadataUnavailable(f"metadata could not be parsed ({exc.__class__.__name__})") from exc
+        raise MetadataUnavailable(
+            f"{what or 'metadata'} could not be parsed ({exc.__class__.__name__})"
+        ) from exc
 
 
 # A body that trickles in may hold a pass (and SIGTERM) no longer than this.

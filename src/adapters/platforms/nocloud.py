@@ -248,20 +248,17 @@ class NoCloudMetadata:
         network: object = files["network-config"]
         if isinstance(network, bytes):
             network = load_yaml(network, "network-config")
-        try:
-            metadata = parse_nocloud(
-                meta,
+        metadata = http.parse_or_unavailable(
+            lambda document: parse_nocloud(
+                document,
                 user_data=files["user-data"],
                 vendor_data=files["vendor-data"],
                 network_config=network,
                 source=seed.shown,
-            )
-        except ValueError as exc:
-            raise MetadataUnavailable(f"NoCloud {seed.shown} refused: {exc}") from exc
-        except Exception as exc:  # a parser crash must not kill the watcher
-            raise MetadataUnavailable(
-                f"NoCloud {seed.shown} could not be parsed ({exc.__class__.__name__})"
-            ) from exc
+            ),
+            meta,
+            f"NoCloud {seed.shown}",
+        )
         return Snapshot(metadata, files_tag(files, repr(sorted(overrides.items()))))
 
     # -------------------------------------------------------------- the port

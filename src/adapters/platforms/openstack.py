@@ -175,14 +175,7 @@ class OpenStackMetadata:
             vendor_data2=files["vendor_data2.json"],
             source=where.shown,
         )
-        try:
-            metadata = parse_openstack(fetched)
-        except ValueError as exc:
-            raise MetadataUnavailable(f"OpenStack {where.shown} refused: {exc}") from exc
-        except Exception as exc:  # a parser crash must not kill the watcher
-            raise MetadataUnavailable(
-                f"OpenStack {where.shown} could not be parsed ({exc.__class__.__name__})"
-            ) from exc
+        metadata = http.parse_or_unavailable(parse_openstack, fetched, f"OpenStack {where.shown}")
         return Snapshot(metadata, files_tag(files))
 
     # -------------------------------------------------------------- the port

@@ -36,6 +36,7 @@ import threading
 from collections.abc import Iterator
 
 from guestagent.adapters.mdata_client import ZONE_SOCKET, MdataClient, MdataFailure
+from guestagent.adapters.platforms import http
 from guestagent.adapters.platforms.polling import content_tag, follow
 from guestagent.adapters.platforms.spec import ProviderOptions, ProviderSpec
 from guestagent.domain.config import SmartOS
@@ -127,14 +128,7 @@ class SmartOsMetadata:
 
     def get(self) -> Snapshot:
         fetched = self.read()
-        try:
-            metadata = parse_smartos(fetched)
-        except ValueError as exc:
-            raise MetadataUnavailable(f"SmartOS metadata refused: {exc}") from exc
-        except Exception as exc:  # a parser crash must not kill the watcher
-            raise MetadataUnavailable(
-                f"SmartOS metadata could not be parsed ({exc.__class__.__name__})"
-            ) from exc
+        metadata = http.parse_or_unavailable(parse_smartos, fetched, "SmartOS metadata")
         return Snapshot(metadata, fetched_tag(fetched))
 
     def watch(self, last_etag: str | None) -> Iterator[Snapshot]:

@@ -25,6 +25,7 @@ import logging
 import threading
 from collections.abc import Iterator
 
+from guestagent.adapters.platforms import http
 from guestagent.adapters.platforms.cpio import read_product_uuid
 from guestagent.adapters.platforms.nocloud import load_yaml
 from guestagent.adapters.platforms.polling import content_tag, follow, watch_snapshots
@@ -143,15 +144,13 @@ class VmwareMetadata:
         meta = decoded["metadata"]
         loaded = _load_metadata(meta) if isinstance(meta, bytes) else meta
         uuid = read_product_uuid(self.root)
-        try:
-            metadata = parse_vmware(
-                loaded, user_data=decoded["userdata"], vendor_data=decoded["vendordata"], product_uuid=uuid
-            )
-        except ValueError as exc:
-            raise MetadataUnavailable(f"VMware guestinfo refused: {exc}") from exc
-        except Exception as exc:  # a parser crash must not kill the watcher
-            reason = f"VMware guestinfo could not be parsed ({exc.__class__.__name__})"
-            raise MetadataUnavailable(reason) from exc
+        metadata = http.parse_or_unavailable(
+            lambda document: parse_vmware(
+                document, user_data=decoded["userdata"], vendor_data=decoded["vendordata"], product_uuid=uuid
+            ),
+            loaded,
+            "VMware guestinfo",
+        )
         parts: list[str] = [uuid or ""]
         for key in KEYS:
             entry = raw[key]
