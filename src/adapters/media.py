@@ -165,18 +165,19 @@ def _probe_quietly(path: str) -> tuple[str, str] | None:
         return None
 
 
-def _under(root: str, path: str) -> str:
+def under(root: str, path: str) -> str:
+    """A guest path as seen from the host when the guest's / is `root`."""
     return os.path.join(root, path.lstrip("/"))
 
 
 def _by_label(root: str, labels: Iterable[str]) -> Iterator[str]:
-    folder = _under(root, "/dev/disk/by-label")
+    folder = under(root, "/dev/disk/by-label")
     for label in labels:
         link = os.path.join(folder, label)
         if os.path.islink(link):
             target = os.readlink(link)
             # udev's links are relative (../../sr0); an absolute one is re-rooted.
-            path = _under(root, target) if os.path.isabs(target) else os.path.join(folder, target)
+            path = under(root, target) if os.path.isabs(target) else os.path.join(folder, target)
             yield os.path.normpath(path)
         elif os.path.exists(link):
             yield link
@@ -192,7 +193,7 @@ def _device_size_zero(sys_dir: str) -> bool:
 
 def _scanned(root: str) -> Iterator[str]:
     """Device nodes of every whole disk and partition sysfs lists, in name order."""
-    sys_block = _under(root, "/sys/block")
+    sys_block = under(root, "/sys/block")
     try:
         disks = sorted(os.listdir(sys_block))
     except OSError:
@@ -214,7 +215,7 @@ def _scanned(root: str) -> Iterator[str]:
         for name, sys_dir in names:
             if not _device_size_zero(sys_dir):
                 # sysfs writes "/" in a device name as "!" (cciss!c0d0 is /dev/cciss/c0d0).
-                yield _under(root, "/dev/" + name.replace("!", "/"))
+                yield under(root, "/dev/" + name.replace("!", "/"))
 
 
 def _matching(root: str, labels: Iterable[str]) -> Iterator[Volume]:

@@ -57,6 +57,7 @@ from urllib.parse import urlsplit
 import requests
 
 from guestagent.adapters import media, udf
+from guestagent.adapters.media import under
 from guestagent.adapters.platforms import http
 from guestagent.adapters.platforms.polling import content_tag, follow
 from guestagent.adapters.platforms.spec import ProviderOptions, ProviderSpec
@@ -131,16 +132,12 @@ def wireserver_base(setting: str) -> str:
     return f"http://{text}"
 
 
-def _under(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
-
-
 def find_wireserver(root: str, now: datetime | None = None) -> tuple[str, str]:
     """(address, where it was found) from the DHCP leases under `root`, else the default."""
     when = now or datetime.now(UTC)
     checked = 0
     for pattern in LEASE_GLOBS:
-        for path in sorted(glob.glob(_under(root, pattern))):
+        for path in sorted(glob.glob(under(root, pattern))):
             checked += 1
             if checked > MAX_CANDIDATES:
                 break
@@ -198,25 +195,25 @@ def _read_ovf(path: str) -> bytes | None:
 
 def _optical(root: str) -> list[str]:
     paths: list[str] = []
-    by_label = _under(root, "/dev/disk/by-label")
+    by_label = under(root, "/dev/disk/by-label")
     for link in sorted(glob.glob(os.path.join(glob.escape(by_label), LABEL_PREFIX + "*"))):
         target = os.readlink(link) if os.path.islink(link) else link
         paths.append(
-            _under(root, target)
+            under(root, target)
             if os.path.isabs(target)
             else os.path.normpath(os.path.join(by_label, target))
         )
-    paths += [_under(root, "/dev/sr0"), _under(root, "/dev/cdrom")]
+    paths += [under(root, "/dev/sr0"), under(root, "/dev/cdrom")]
     try:
-        names = sorted(os.listdir(_under(root, "/sys/block")))
+        names = sorted(os.listdir(under(root, "/sys/block")))
     except OSError:
         names = []
-    paths += [_under(root, f"/dev/{name}") for name in names if name.startswith("sr")]
+    paths += [under(root, f"/dev/{name}") for name in names if name.startswith("sr")]
     return paths
 
 
 def _other_disks(root: str) -> list[str]:
-    sys_block = _under(root, "/sys/block")
+    sys_block = under(root, "/sys/block")
     try:
         disks = sorted(os.listdir(sys_block))
     except OSError:
@@ -225,13 +222,13 @@ def _other_disks(root: str) -> list[str]:
     for disk in disks:
         if disk.startswith(_SKIPPED) or disk.startswith("sr"):
             continue
-        paths.append(_under(root, "/dev/" + disk.replace("!", "/")))
+        paths.append(under(root, "/dev/" + disk.replace("!", "/")))
         try:
             children = sorted(os.listdir(os.path.join(sys_block, disk)))
         except OSError:
             continue
         paths += [
-            _under(root, "/dev/" + child)
+            under(root, "/dev/" + child)
             for child in children
             if child.startswith(disk) and os.path.isfile(os.path.join(sys_block, disk, child, "partition"))
         ]

@@ -30,6 +30,7 @@ import stat
 import threading
 from collections.abc import Iterator
 
+from guestagent.adapters.media import under
 from guestagent.adapters.platforms.polling import content_tag, watch_snapshots
 from guestagent.adapters.platforms.spec import ProviderOptions, ProviderSpec
 from guestagent.domain import cpio as archive
@@ -51,10 +52,6 @@ MAX_CANDIDATES = 256
 PRODUCT_UUID = "sys/class/dmi/id/product_uuid"
 _SKIPPED = ("fd", "ram", "zram")
 _SMALL_READ = 4096
-
-
-def _under(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
 
 
 def _shown(root: str, path: str) -> str:
@@ -84,12 +81,12 @@ def read_small(path: str, limit: int = _SMALL_READ) -> str | None:
 
 def read_product_uuid(root: str) -> str | None:
     """ROOT/sys/class/dmi/id/product_uuid as read (root-only on most kernels), or None."""
-    return read_small(_under(root, PRODUCT_UUID))
+    return read_small(under(root, PRODUCT_UUID))
 
 
 def whole_disks(root: str) -> list[str]:
     """Device nodes (under `root`) of the whole disks sysfs lists, in name order."""
-    sys_block = _under(root, "/sys/block")
+    sys_block = under(root, "/sys/block")
     try:
         names = sorted(os.listdir(sys_block))
     except OSError:
@@ -105,7 +102,7 @@ def whole_disks(root: str) -> list[str]:
         if size is not None and size.strip() == "0":
             continue  # an empty drive or an unused loop device
         # sysfs writes "/" in a device name as "!" (cciss!c0d0 is /dev/cciss/c0d0).
-        out.append(_under(root, "/dev/" + name.replace("!", "/")))
+        out.append(under(root, "/dev/" + name.replace("!", "/")))
         if len(out) >= MAX_CANDIDATES:
             break
     return out

@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from guestagent.adapters import media
-from guestagent.adapters.media import labelled_volume, read_files
+from guestagent.adapters.media import labelled_volume, read_files, under
 from guestagent.adapters.platforms import http
 from guestagent.adapters.platforms.http import fetch_file, shown_url
 from guestagent.adapters.platforms.polling import files_tag, watch_snapshots
@@ -75,14 +75,10 @@ class SeedLocation:
     volume: media.Volume | None = None
 
 
-def _under(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
-
-
 def read_cmdline(root: str) -> CmdlineSeed | None:
     """`ds=nocloud...` from ROOT/proc/cmdline, or None (also when it cannot be read)."""
     try:
-        with open(_under(root, CMDLINE), "rb") as f:
+        with open(under(root, CMDLINE), "rb") as f:
             text = f.read(CMDLINE_MAX).decode("utf-8", "replace")
     except OSError:
         return None
@@ -176,7 +172,7 @@ class NoCloudMetadata:
         """The seed to read (first found, see the module docstring) and the command line's
         `ds=nocloud` values; MetadataUnavailable when there is none."""
         cmdline = read_cmdline(self.root)
-        seed_dir = _under(self.root, self.seed_dir)
+        seed_dir = under(self.root, self.seed_dir)
         if os.path.lexists(os.path.join(seed_dir, "meta-data")):
             return SeedLocation("dir", f"seed directory {self.seed_dir}", path=seed_dir), cmdline
         volume = labelled_volume(self.root, LABELS)
@@ -198,7 +194,7 @@ class NoCloudMetadata:
         if value.startswith("file://"):
             value = value[len("file://") :]
         if value.startswith("/"):
-            return SeedLocation("dir", f"seed directory {value}", path=_under(self.root, value))
+            return SeedLocation("dir", f"seed directory {value}", path=under(self.root, value))
         scheme = urlsplit(value).scheme.lower()
         if scheme not in ("http", "https"):
             raise MetadataUnavailable(
@@ -304,7 +300,7 @@ def _open(options: ProviderOptions) -> NoCloudMetadata:
 def _local(options: ProviderOptions) -> str | None:
     """A seed on this machine: the seed directory, a cidata volume, or ds=nocloud on the command line."""
     seed_dir = options.config.NoCloud.seed_dir
-    if os.path.lexists(os.path.join(_under(options.root, seed_dir), "meta-data")):
+    if os.path.lexists(os.path.join(under(options.root, seed_dir), "meta-data")):
         return f"seed directory {seed_dir} holds meta-data"
     volume = labelled_volume(options.root, LABELS)
     if volume is not None:

@@ -36,6 +36,7 @@ import threading
 from collections.abc import Iterator
 
 from guestagent.adapters.mdata_client import ZONE_SOCKET, MdataClient, MdataFailure
+from guestagent.adapters.media import under
 from guestagent.adapters.platforms import http
 from guestagent.adapters.platforms.polling import content_tag, follow
 from guestagent.adapters.platforms.spec import ProviderOptions, ProviderSpec
@@ -56,10 +57,6 @@ GUEST_PREFIX = "guestagent:"
 WRITE_LOCK_WAIT = 5.0
 
 
-def _under(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
-
-
 def _is_socket(path: str) -> bool:
     try:
         return stat.S_ISSOCK(os.stat(path).st_mode)
@@ -76,10 +73,10 @@ def channel_path(options: ProviderOptions) -> str:
                 url = url[len(prefix) :]
                 break
         return url
-    zone = _under(options.root, ZONE_SOCKET)
+    zone = under(options.root, ZONE_SOCKET)
     if _is_socket(zone):
         return zone
-    return _under(options.root, options.config.SmartOS.device)
+    return under(options.root, options.config.SmartOS.device)
 
 
 def fetched_tag(fetched: SmartOsFetched) -> str:
@@ -166,10 +163,10 @@ def _open(options: ProviderOptions) -> SmartOsMetadata:
 
 def _local(options: ProviderOptions) -> str | None:
     """A zone's metadata socket, or the configured device being a unix socket."""
-    if _is_socket(_under(options.root, ZONE_SOCKET)):
+    if _is_socket(under(options.root, ZONE_SOCKET)):
         return f"zone metadata socket {ZONE_SOCKET} exists"
     device = options.config.SmartOS.device
-    if _is_socket(_under(options.root, device)):
+    if _is_socket(under(options.root, device)):
         return f"[SmartOS] device {device} is a unix socket (a zone's or a simulator's metadata channel)"
     return None
 
