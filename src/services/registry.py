@@ -6,16 +6,17 @@ from guestagent.services.subsystem import Subsystem
 
 # Subsystems in one lane run in this order; lanes run side by side (see Scheduler).
 # Accounts, OS Login and Azure's provisioning share a lane: they decide who may log in, and
-# Azure reports Ready only once the admin's keys are in place. Static networking,
+# Azure reports Ready only once the admin's keys are in place. Hostname comes after Azure's
+# provisioning, which reads a hostname changed by hand ([Azure] monitor_hostname) before the
+# hostname subsystem writes the metadata's: in lanes side by side the two raced. Static networking,
 # NICs and routes share one: all three write the kernel's tables, static addresses must be
 # on a link before nics looks for IPv4 on it, and a route needs its link up.
 # First-boot scripts run in a pass of their own after READY (they are `after_ready`), so
 # a long script never holds sshd back; by then the users they may need exist.
 LANES = (
     ("instance_setup",),
-    ("accounts", "oslogin", "azure_provisioning"),
+    ("accounts", "oslogin", "azure_provisioning", "hostname"),
     ("network", "nics", "routes"),
-    ("hostname",),
     ("clock",),
     ("firstboot",),
     ("disks",),
