@@ -88,14 +88,15 @@ ExecStart=-/sbin/agetty --autologin root --noclear %I 115200 linux
 GETTY
 
 # Host keys belong to the instance, not the image: the agent makes them on
-# first boot (like GCE images). If it does not, sshd still starts, with keys
+# first boot (like GCE images). If it made none, sshd still starts, with keys
 # made here, and the host-key test notices that they are not the published ones.
+# Only then: sshd needs one key, and the agent makes its RSA key after READY.
 rm -f "$root"/etc/ssh/ssh_host_*
 mkdir -p "$root/etc/systemd/system/ssh.service.d"
 cat > "$root/etc/systemd/system/ssh.service.d/hostkeys.conf" <<'SSHD'
 [Service]
 ExecStartPre=
-ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/bin/sh -c 'ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1 || exec /usr/bin/ssh-keygen -A'
 ExecStartPre=/usr/sbin/sshd -t
 SSHD
 

@@ -18,6 +18,13 @@ from guestagent.domain.config import InstanceSetup
 
 INSTANCE_ID_PATH = "/etc/google_instance_id"
 AGENT_INSTANCE_ID_PATH = "/var/lib/guestagent/instance-id"
+# Host key types generated after READY. sshd starts with any one host key, and an RSA key
+# takes 20-40 s of CPU on an emulated first boot: made before READY, it held every login
+# back that long. The image's old key of such a type is removed before READY all the same,
+# so a clone never serves it. What is still to be made is recorded here first, so an agent
+# killed in between makes it at its next start.
+DEFERRED_KEY_TYPES = frozenset({"rsa", "dsa"})
+PENDING_HOST_KEYS_PATH = "/var/lib/guestagent/pending-host-keys"
 
 
 def instance_id_path(platform: str) -> str:
@@ -71,8 +78,11 @@ def host_key_path(key_type: str) -> str:
     return f"{SSH_DIR}/ssh_host_{key_type}_key"
 
 
-def keygen_argv(key_type: str, host_temp_path: str) -> tuple[str, ...]:
-    return ("ssh-keygen", "-t", key_type, "-f", host_temp_path, "-N", "", "-q")
+def keygen_argv(key_type: str, host_temp_path: str, low_priority: bool = False) -> tuple[str, ...]:
+    argv = ("ssh-keygen", "-t", key_type, "-f", host_temp_path, "-N", "", "-q")
+    # After READY the CPU is sshd's and the first logins': an RSA key made at full
+    # priority beside them delayed sshd's start by ~10 s on an emulated first boot.
+    return ("nice", "-n", "19", *argv) if low_priority else argv
 
 
 def parse_public_key(text: str) -> tuple[str, str] | None:
@@ -183,9 +193,39 @@ class TuningInputs:
 @attrs.frozen
 class GenerateHostKey:
     key_type: str
+    # Made after READY, beside sshd's start and the first logins: at low priority, and
+    # never in place of a key of that type that appeared meanwhile (see deferred_plan).
+    low_priority: bool = False
 
     def describe(self) -> str:
         return f"generate SSH host key {host_key_path(self.key_type)}"
+
+
+@attrs.frozen
+class RemoveHostKey:
+    """The image's key pair of a type made after READY: gone before sshd may serve it."""
+
+    key_type: str
+
+    def describe(self) -> str:
+        return f"remove the image's SSH host key {host_key_path(self.key_type)} (a new one follows READY)"
+
+
+@attrs.frozen
+class RecordPendingHostKeys:
+    path: str
+    key_types: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"record host key types to make after READY ({', '.join(self.key_types)}) in {self.path}"
+
+
+@attrs.frozen
+class ClearPendingHostKeys:
+    path: str
+
+    def describe(self) -> str:
+        return f"remove {self.path}: no host key left to make"
 
 
 @attrs.frozen
@@ -224,7 +264,16 @@ class WriteKernelValue:
         return f"write {self.value} to {self.path} ({self.why})"
 
 
-Action = GenerateHostKey | WriteBoto | RecordInstanceId | PublishHostKeys | WriteKernelValue
+Action = (
+    GenerateHostKey
+    | RemoveHostKey
+    | RecordPendingHostKeys
+    | ClearPendingHostKeys
+    | WriteBoto
+    | RecordInstanceId
+    | PublishHostKeys
+    | WriteKernelValue
+)
 
 
 @attrs.frozen
@@ -251,8 +300,16 @@ def first_boot_actions(
     actions: list[Action] = []
     notes: list[str] = []
     if config.set_host_keys:
-        for key_type in host_key_types(have.ssh_dir_names, config.host_key_types):
-            actions.append(GenerateHostKey(key_type))
+        types = host_key_types(have.ssh_dir_names, config.host_key_types)
+        later = tuple(t for t in types if t in DEFERRED_KEY_TYPES)
+        if later:
+            actions.append(RecordPendingHostKeys(PENDING_HOST_KEYS_PATH, later))
+            present = set(have.ssh_dir_names)
+            for key_type in later:
+                name = host_key_path(key_type).rsplit("/", 1)[1]
+                if name in present or f"{name}.pub" in present:
+                    actions.append(RemoveHostKey(key_type))
+        actions.extend(GenerateHostKey(t) for t in types if t not in later)
     # None: the platform has no Cloud Storage project (boto is GCE's), nothing to say.
     if config.set_boto_config and numeric_project_id is not None:
         if numeric_project_id:
@@ -302,6 +359,42 @@ def local_ssd_actions(inputs: TuningInputs) -> list[Action]:
             path = f"/sys/block/{disk.name}/queue/scheduler"
             actions.append(WriteKernelValue(path, "none", f"local SSD {disk.name}"))
     return actions
+
+
+def pending_key_types(text: str | None) -> tuple[str, ...]:
+    """The types recorded by RecordPendingHostKeys; a line that is no key type is skipped."""
+    lines = (line.strip() for line in (text or "").splitlines())
+    return tuple(dict.fromkeys(t for t in lines if re.fullmatch(r"[a-z0-9]{1,16}", t)))
+
+
+def pending_record(key_types: Iterable[str]) -> str:
+    return "".join(f"{t}\n" for t in key_types)
+
+
+def deferred_plan(
+    pending_text: str | None, ssh_dir_names: Iterable[str], can_publish: bool
+) -> tuple[Action, ...]:
+    """After READY: the host keys first boot left to make, then published.
+
+    A type whose key exists by now was made after first boot removed the image's (by the
+    image's own generator before sshd started: `ssh-keygen -A`, sshd-keygen@): it is this
+    instance's already, and sshd may have served it, so it is kept.
+
+    sshd is not reloaded: before OpenSSH 9.8 it loads its host keys again for each
+    connection, and a reload closes its listening socket for a moment, refusing whoever
+    connects then, at the time users try their first login.
+    The record goes even when a type fails (as the instance id does on first boot): a
+    type ssh-keygen refuses would otherwise be tried at every start.
+    """
+    if pending_text is None:
+        return ()
+    present = set(ssh_dir_names)
+    types = [t for t in pending_key_types(pending_text) if host_key_path(t).rsplit("/", 1)[1] not in present]
+    actions: list[Action] = [GenerateHostKey(t, low_priority=True) for t in types]
+    actions.append(ClearPendingHostKeys(PENDING_HOST_KEYS_PATH))
+    if types and can_publish:
+        actions.append(PublishHostKeys())
+    return tuple(actions)
 
 
 def plan(

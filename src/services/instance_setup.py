@@ -66,7 +66,7 @@ def observe(ctx: Context, id_path: str = domain.INSTANCE_ID_PATH) -> domain.Setu
     return domain.SetupCurrent(recorded, tuple(ctx.fs.listdir(domain.SSH_DIR)), tuning)
 
 
-def generate_host_key(ctx: Context, key_type: str) -> None:
+def generate_host_key(ctx: Context, key_type: str, low_priority: bool = False) -> None:
     """ssh-keygen into a temp name, then private (0600) and public (0644) key into place.
 
     The temp pair is removed first: ssh-keygen asks before overwriting, and a
@@ -79,7 +79,7 @@ def generate_host_key(ctx: Context, key_type: str) -> None:
         ctx.fs.remove(path)
     try:
         result = ctx.runner.run(
-            domain.keygen_argv(key_type, ctx.fs.host_path(temp)), timeout=KEYGEN_TIMEOUT
+            domain.keygen_argv(key_type, ctx.fs.host_path(temp), low_priority), timeout=KEYGEN_TIMEOUT
         )
         if not result.ok:
             raise ValueError(f"ssh-keygen exit {result.returncode}: {result.stderr.strip()[:300]}")
@@ -87,6 +87,9 @@ def generate_host_key(ctx: Context, key_type: str) -> None:
         public = ctx.fs.read_text(temp + ".pub")
         if private is None or public is None:
             raise ValueError("ssh-keygen reported success but wrote no key")
+        if low_priority and ctx.fs.read_text(final) is not None:
+            ctx.log.info("%s appeared while a new one was being made: kept", final)
+            return
         # Private first: an agent killed between the two writes has not recorded
         # the instance id yet, so the next start makes a fresh, matching pair.
         ctx.fs.write_atomic(final, private, mode=domain.PRIVATE_KEY_MODE)
@@ -141,7 +144,15 @@ def apply(ctx: Context, actions: Iterable[domain.Action]) -> tuple[list[str], li
     for action in actions:
         try:
             if isinstance(action, domain.GenerateHostKey):
-                generate_host_key(ctx, action.key_type)
+                generate_host_key(ctx, action.key_type, action.low_priority)
+            elif isinstance(action, domain.RemoveHostKey):
+                path = domain.host_key_path(action.key_type)
+                ctx.fs.remove(path)
+                ctx.fs.remove(path + ".pub")
+            elif isinstance(action, domain.RecordPendingHostKeys):
+                ctx.fs.write_atomic(action.path, domain.pending_record(action.key_types), mode=0o644)
+            elif isinstance(action, domain.ClearPendingHostKeys):
+                ctx.fs.remove(action.path)
             elif isinstance(action, domain.WriteBoto):
                 ctx.fs.write_atomic(action.path, action.text, mode=0o644)
             elif isinstance(action, domain.RecordInstanceId):
@@ -199,3 +210,29 @@ class InstanceSetupSubsystem:
         done, failures = apply(ctx, planned.actions)
         return Outcome(self.name, tuple(done), tuple(failures))
 
+
+
+class DeferredHostKeysSubsystem:
+    """The host key types first boot left for after READY (domain.DEFERRED_KEY_TYPES).
+
+    It shares instance setup's lane and runs after it; in the daemon it waits for READY,
+    so sshd (ordered after the agent) starts on the keys made before it.
+    """
+
+    name = "host_keys"
+    after_ready = True
+
+    def enabled(self, ctx: Context, metadata: InstanceMetadata) -> bool:
+        return ctx.config.InstanceSetup.set_host_keys
+
+    def inputs(self, metadata: InstanceMetadata) -> object:
+        return metadata.instance_id
+
+    def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
+        pending = ctx.fs.read_text(domain.PENDING_HOST_KEYS_PATH)
+        present = ctx.fs.listdir(domain.SSH_DIR) if pending is not None else ()
+        actions = domain.deferred_plan(pending, present, can_publish=ctx.guest_attributes is not None)
+        if ctx.dry_run or not actions:
+            return Outcome(self.name, tuple(a.describe() for a in actions))
+        done, failures = apply(ctx, actions)
+        return Outcome(self.name, tuple(done), tuple(failures))

@@ -12,9 +12,10 @@ from guestagent.services.subsystem import Subsystem
 # NICs and routes share one: all three write the kernel's tables, static addresses must be
 # on a link before nics looks for IPv4 on it, and a route needs its link up.
 # First-boot scripts run in a pass of their own after READY (they are `after_ready`), so
-# a long script never holds sshd back; by then the users they may need exist.
+# a long script never holds sshd back; by then the users they may need exist. The slow host
+# key types (RSA) are made after READY too, after the instance setup that recorded them.
 LANES = (
-    ("instance_setup",),
+    ("instance_setup", "host_keys"),
     ("accounts", "oslogin", "azure_provisioning", "hostname"),
     ("network", "nics", "routes"),
     ("clock",),
@@ -32,7 +33,7 @@ def all_subsystems() -> list[Subsystem]:
     from guestagent.services.disks import DisksSubsystem
     from guestagent.services.firstboot import FirstBootSubsystem
     from guestagent.services.hostname import HostnameSubsystem
-    from guestagent.services.instance_setup import InstanceSetupSubsystem
+    from guestagent.services.instance_setup import DeferredHostKeysSubsystem, InstanceSetupSubsystem
     from guestagent.services.metadata_firewall import MetadataFirewallSubsystem
     from guestagent.services.network import NetworkSubsystem
     from guestagent.services.nics import NicsSubsystem
@@ -41,6 +42,7 @@ def all_subsystems() -> list[Subsystem]:
 
     return [
         InstanceSetupSubsystem(),
+        DeferredHostKeysSubsystem(),
         AccountsSubsystem(),
         OsLoginSubsystem(),
         AzureProvisioningSubsystem(),

@@ -16,6 +16,7 @@ ROOT = "/tmp/sandbox"
     ["/usr/sbin/visudo", "-cf", f"{ROOT}/etc/sudoers.d/x"],
     ["sshd", "-t", "-f", f"{ROOT}/etc/ssh/sshd_config"],
     ["ssh-keygen", "-t", "ed25519", "-f", f"{ROOT}/etc/ssh/ssh_host_ed25519_key.temp", "-N", "", "-q"],
+    ["nice", "-n", "19", "ssh-keygen", "-t", "rsa", "-f", f"{ROOT}/etc/ssh/ssh_host_rsa_key.temp"],
 ])
 def test_sandbox_safe_commands_run(argv: list[str]) -> None:
     inner = RecordingRunner()
@@ -32,6 +33,8 @@ def test_sandbox_safe_commands_run(argv: list[str]) -> None:
     ["systemctl", "reload", "ssh"],
     ["dhclient", "eth1"],
     ["ssh-keygen", "-t", "rsa", "-f", "/etc/ssh/ssh_host_rsa_key"],
+    ["nice", "-n", "19", "ssh-keygen", "-t", "rsa", "-f", "/etc/ssh/ssh_host_rsa_key"],
+    ["nice", "-n", "19", "hostname", "vm-1"],
     ["sshd"],
 ])
 def test_commands_that_would_change_the_machine_are_refused(argv: list[str]) -> None:

@@ -21,7 +21,12 @@ from guestagent.domain import instance_setup as setup
 from guestagent.domain.config import Config, Instance, InstanceSetup
 from guestagent.ports.commands import CommandResult
 from guestagent.services.context import Context
-from guestagent.services.instance_setup import InstanceSetupSubsystem, apply, report_sshable
+from guestagent.services.instance_setup import (
+    DeferredHostKeysSubsystem,
+    InstanceSetupSubsystem,
+    apply,
+    report_sshable,
+)
 from tests.fakes import FixedClock, RecordingGuestAttributes, RecordingRunner
 from tests.gce_metadata import gce_md
 
@@ -168,13 +173,15 @@ def test_plan_first_boot_then_same_id_generates_nothing() -> None:
     first = setup.plan("42", "7", _have(""), config, can_publish=True)
     assert first.first_boot
     assert _kinds(first)[:6] == [
-        "GenerateHostKey",
+        "RecordPendingHostKeys",  # rsa: after READY
         "GenerateHostKey",
         "GenerateHostKey",
         "WriteBoto",
         "RecordInstanceId",
         "PublishHostKeys",
     ]
+    generated = [a.key_type for a in first.actions if isinstance(a, setup.GenerateHostKey)]
+    assert generated == ["ecdsa", "ed25519"]
     again = setup.plan("42", "7", _have("42"), config, can_publish=True)
     assert not again.first_boot
     assert "GenerateHostKey" not in _kinds(again)
@@ -184,9 +191,12 @@ def test_plan_first_boot_then_same_id_generates_nothing() -> None:
 @pytest.mark.parametrize(
     ("option", "gone"),
     [
-        ("set_host_keys", {"GenerateHostKey", "PublishHostKeys"}),
+        ("set_host_keys", {"GenerateHostKey", "RecordPendingHostKeys", "PublishHostKeys"}),
         ("set_boto_config", {"WriteBoto"}),
-        ("network_enabled", {"GenerateHostKey", "WriteBoto", "RecordInstanceId", "PublishHostKeys"}),
+        (
+            "network_enabled",
+            {"GenerateHostKey", "RecordPendingHostKeys", "WriteBoto", "RecordInstanceId", "PublishHostKeys"},
+        ),
         ("set_multiqueue", {"multiqueue"}),
         ("optimize_local_ssd", {"ssd"}),
     ],
@@ -202,6 +212,66 @@ def test_each_switch_removes_its_part(option: str, gone: set[str]) -> None:
     full = parts(setup.plan("42", "7", _have(""), InstanceSetup(), can_publish=True))
     off = InstanceSetup(**{option: False})  # type: ignore[arg-type]
     assert full - parts(setup.plan("42", "7", _have(""), off, can_publish=True)) == gone
+
+
+def test_slow_key_types_wait_for_ready_and_the_image_key_goes_before() -> None:
+    have = _have("", ("ssh_host_rsa_key", "ssh_host_rsa_key.pub", "ssh_host_dsa_key"))
+    planned = setup.plan("42", "7", have, InstanceSetup(), can_publish=True)
+    record, *rest = planned.actions
+    # recorded before anything is removed: a kill in between still leaves the types to make
+    assert record == setup.RecordPendingHostKeys(setup.PENDING_HOST_KEYS_PATH, ("rsa", "dsa"))
+    assert rest[:2] == [setup.RemoveHostKey("rsa"), setup.RemoveHostKey("dsa")]
+    assert setup.GenerateHostKey("rsa") not in planned.actions
+    # only fast types when nothing slow is configured or present: nothing recorded
+    fast = setup.plan("42", "7", _have(""), InstanceSetup(host_key_types=("ed25519",)), can_publish=True)  # type: ignore[arg-type]
+    assert "RecordPendingHostKeys" not in _kinds(fast)
+
+
+@pytest.mark.parametrize(
+    ("text", "types"),
+    [("rsa\n", ("rsa",)), ("rsa\ndsa\nrsa\n", ("rsa", "dsa")), ("\n../x\nRSA\n", ()), ("", ())],
+)
+def test_pending_record_round_trip_and_junk(text: str, types: tuple[str, ...]) -> None:
+    assert setup.pending_key_types(text) == types
+    assert setup.pending_key_types(setup.pending_record(types)) == types
+
+
+def test_deferred_plan() -> None:
+    assert setup.deferred_plan(None, (), can_publish=True) == ()
+    assert _kinds(setup.SetupPlan(setup.deferred_plan("rsa\n", (), can_publish=True))) == [
+        "GenerateHostKey",
+        "ClearPendingHostKeys",
+        "PublishHostKeys",
+    ]
+    # a record with nothing usable in it is only removed
+    assert _kinds(setup.SetupPlan(setup.deferred_plan("junk!\n", (), can_publish=True))) == [
+        "ClearPendingHostKeys"
+    ]
+    # made since by the image's own generator before sshd started: this instance's, kept
+    made = ("ssh_host_rsa_key", "ssh_host_rsa_key.pub")
+    assert _kinds(setup.SetupPlan(setup.deferred_plan("rsa\n", made, can_publish=True))) == [
+        "ClearPendingHostKeys"
+    ]
+
+
+def test_a_key_that_appears_while_the_deferred_one_is_made_is_kept(tmp_path: Path) -> None:
+    ssh = tmp_path / "etc/ssh"
+    ssh.mkdir(parents=True)
+    pending = tmp_path / setup.PENDING_HOST_KEYS_PATH.lstrip("/")
+    pending.parent.mkdir(parents=True)
+    pending.write_text("rsa\n")
+    keygen = FakeKeygen()
+
+    def racing(argv: tuple[str, ...]) -> CommandResult | None:
+        (ssh / "ssh_host_rsa_key").write_text("MADE BY ssh-keygen -A\n")  # sshd's own unit
+        return keygen._keygen(argv)
+
+    runner = RecordingRunner(respond=racing)
+    outcome = DeferredHostKeysSubsystem().reconcile(_ctx(tmp_path, runner, None), META)  # type: ignore[arg-type]
+    assert outcome.ok, outcome.failures
+    assert (ssh / "ssh_host_rsa_key").read_text() == "MADE BY ssh-keygen -A\n"
+    assert not list(ssh.glob("*.temp*"))
+    assert not pending.exists()
 
 
 def test_boto_skipped_with_a_note_without_project_number() -> None:
@@ -222,8 +292,12 @@ class FakeKeygen(RecordingRunner):
 
     def __init__(self) -> None:
         super().__init__(respond=self._keygen)
+        self.niced: list[str] = []  # the types made at low priority
 
     def _keygen(self, argv: tuple[str, ...]) -> CommandResult | None:
+        if argv[0] == "nice":
+            self.niced.append(argv[5])
+            argv = argv[3:]
         assert argv[0] == "ssh-keygen"
         key_type, path = argv[2], argv[4]
         if key_type == "dsa":
@@ -279,12 +353,21 @@ def test_first_boot_then_restart(tmp_path: Path) -> None:
     (tmp_path / "etc/ssh").mkdir(parents=True)
     (tmp_path / "etc/ssh/ssh_host_rsa_key").write_text("IMAGE KEY\n")
     runner, attributes = FakeKeygen(), RecordingGuestAttributes()
-    outcome = InstanceSetupSubsystem().reconcile(_ctx(tmp_path, runner, attributes), META)
+    ctx = _ctx(tmp_path, runner, attributes)
+    outcome = InstanceSetupSubsystem().reconcile(ctx, META)
     assert outcome.ok, outcome.failures
-
-    assert [c[2] for c in runner.calls] == ["ecdsa", "ed25519", "rsa"]
     ssh = tmp_path / "etc/ssh"
+    # before READY: the fast types made, the image's RSA key gone, not yet a new one
+    assert [c[2] for c in runner.calls] == ["ecdsa", "ed25519"]
+    assert not (ssh / "ssh_host_rsa_key").exists()
+    assert set(attributes.values) == {"hostkeys/ssh-ecdsa", "hostkeys/ssh-ed25519"}
+
+    later = DeferredHostKeysSubsystem().reconcile(ctx, META)
+    assert later.ok, later.failures
+    assert [c[-6] for c in runner.calls] == ["ecdsa", "ed25519", "rsa"]
+    assert runner.niced == ["rsa"]  # beside sshd's start, at the lowest priority
     assert (ssh / "ssh_host_rsa_key").read_text().startswith("PRIVATE rsa")  # image key replaced
+    assert not (tmp_path / setup.PENDING_HOST_KEYS_PATH.lstrip("/")).exists()
     assert oct((ssh / "ssh_host_ed25519_key").stat().st_mode & 0o777) == "0o600"
     assert oct((ssh / "ssh_host_ed25519_key.pub").stat().st_mode & 0o777) == "0o644"
     assert not list(ssh.glob("*.temp*"))
@@ -308,6 +391,7 @@ def test_first_boot_then_restart(tmp_path: Path) -> None:
     runner.calls.clear()
     restart = InstanceSetupSubsystem().reconcile(_ctx(tmp_path, runner, RecordingGuestAttributes()), META)
     assert restart.ok
+    assert DeferredHostKeysSubsystem().reconcile(ctx, META).actions == ()
     assert runner.calls == []
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in ssh.iterdir()} == before
     # host keys are published again (cheap, and heals a failed PUT), nothing else is written
@@ -327,15 +411,16 @@ def test_network_disabled_skips_keys_boto_and_record(tmp_path: Path) -> None:
 
 def test_a_failing_key_type_does_not_stop_the_others(tmp_path: Path) -> None:
     runner = FakeKeygen()
-    outcome = InstanceSetupSubsystem().reconcile(
-        _ctx(tmp_path, runner, RecordingGuestAttributes(), host_key_types=("dsa", "ed25519")),  # type: ignore[arg-type]
-        META,
-    )
+    ctx = _ctx(tmp_path, runner, RecordingGuestAttributes(), host_key_types=("dsa", "ed25519"))  # type: ignore[arg-type]
+    assert InstanceSetupSubsystem().reconcile(ctx, META).ok
+    outcome = DeferredHostKeysSubsystem().reconcile(ctx, META)  # dsa is made after READY
     assert [f.split(" failed")[0] for f in outcome.failures] == [
         "generate SSH host key /etc/ssh/ssh_host_dsa_key"
     ]
     assert (tmp_path / "etc/ssh/ssh_host_ed25519_key").exists()
     assert (tmp_path / "etc/google_instance_id").exists()
+    # not tried again at every start
+    assert not (tmp_path / setup.PENDING_HOST_KEYS_PATH.lstrip("/")).exists()
 
 
 def test_unreachable_guest_attributes_is_a_failure_but_keys_stay(tmp_path: Path) -> None:

@@ -118,6 +118,20 @@ def test_host_keys_in_guest_attributes_are_the_ones_ssh_sees(vm: Vm, sim: Simula
         assert offered.get(key_type) == blob, f"{key_type} differs from what sshd offers"
 
 
+def test_rsa_host_key_follows_ready_and_sshd_serves_it(vm: Vm, sim: Simulator):
+    # Made after READY (sshd started on ed25519/ecdsa): published and offered once done.
+    pending = "/var/lib/guestagent/pending-host-keys"
+    done = wait_until(lambda: vm.ssh(f"test ! -e {pending}", check=False).returncode == 0, 300, 2)
+    assert done, vm.ssh(f"cat {pending}; journalctl -u guestagent --no-pager | tail -20", check=False).stdout
+    published = wait_until(lambda: "hostkeys/ssh-rsa" in sim.guest_attributes(), 60, 1)
+    assert published, sorted(sim.guest_attributes())
+    offered = ssh.keyscan(vm.ssh_port, types=("rsa",))
+    assert offered.get("ssh-rsa") == sim.guest_attributes()["hostkeys/ssh-rsa"].strip()
+    journal = agent_journal(vm)
+    ready = journal.index("first pass done")
+    assert journal.index("generate SSH host key /etc/ssh/ssh_host_rsa_key") > ready, journal[-3000:]
+
+
 def test_agent_is_ready_before_sshd_accepts_logins(vm: Vm):
     from .guest import unit_times
 
