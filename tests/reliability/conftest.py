@@ -5,6 +5,9 @@ imported from tests/integration/conftest.py, not copied. What is added here:
 
 - PLATFORMS, the one table the suites are parametrized over: a platform is one row
   (name, simulator platform, URL builder, scenario tweak, config). Adding one is a row.
+  Every platform whose metadata the simulator serves over HTTP with faults is in it: GCE,
+  EC2, NoCloud (a seed URL), OpenStack (the metadata service), DigitalOcean (v1.json) and
+  Azure (IMDS and the WireServer, no DVD); why the others are not is said below it.
 - helpers to read what the agent wrote (managed keys per account, the record, passwd and
   group parsed strictly), to provision a sandbox once and clone it for many cases, and
   to count a process's log lines per state change;
@@ -91,6 +94,16 @@ def _imdsv2_required(sim: Simulator) -> None:
     sim.set("imds/http-tokens", "required", platform="ec2")
 
 
+AZURE_ADMIN = "azureuser"
+
+
+def _one_admin(scn: dict[str, Any]) -> dict[str, Any]:
+    """Azure gives keys to one user, the admin (the scenario's first): every user's keys
+    become the admin's, so a change of any user's keys is a change Azure can carry."""
+    keys = [key for user in scn.get("users", []) for key in user.get("keys", [])]
+    return {**scn, "users": [{"name": AZURE_ADMIN, "keys": keys}]}
+
+
 @attrs.frozen
 class PlatformCase:
     """One platform as the reliability suites drive it.
@@ -100,7 +113,8 @@ class PlatformCase:
     `tweak` adjusts the neutral scenario; `prepare` runs on the started simulator;
     `config` is instance_configs.cfg (short polls so the daemon notices within a second).
     `named_users`: keys go to the users metadata names (GCE); otherwise every key goes to
-    the image's default user. `flavor`: the platform checks a Metadata-Flavor header.
+    one account, `owner` (the image's default user; Azure's admin user). `flavor`: the
+    platform checks a Metadata-Flavor header.
     """
 
     name: str
@@ -110,6 +124,7 @@ class PlatformCase:
     prepare: Callable[[Simulator], None] = _nothing
     config: str = ""
     named_users: bool = False
+    owner: str = DEFAULT_USER
     marker: str = AGENT_MARKER
     sudo_group: str = "guestagent-sudoers"
     flavor: bool = False
@@ -131,7 +146,7 @@ class PlatformCase:
         if self.named_users:
             return {u: list(dict.fromkeys(keys)) for u, keys in users.items() if keys}
         every = [k for keys in users.values() for k in keys]
-        return {DEFAULT_USER: list(dict.fromkeys(every))} if every else {}
+        return {self.owner: list(dict.fromkeys(every))} if every else {}
 
     def start(self, scn: dict[str, Any], port: int = 0) -> Simulator:
         sim = Simulator(self.tweak(scn), platforms=(self.sim_platform,), host=LOOPBACK, port=port).start()
@@ -177,14 +192,52 @@ PLATFORMS: tuple[PlatformCase, ...] = (
         max_snapshot=1024 * 1024,
         config=QUIET + DEFAULT_USER_CONFIG + "[NoCloud]\npoll_interval = 0.5\n",
     ),
+    PlatformCase(
+        name="openstack",
+        sim_platform="openstack",
+        # The metadata service's version directory (no config drive under a sandbox root).
+        url=lambda port: f"http://{LOOPBACK}:{port}/openstack/latest/",
+        partial_pattern="*/user_data",
+        max_snapshot=1024 * 1024,
+        config=QUIET + DEFAULT_USER_CONFIG + "[OpenStack]\npoll_interval = 0.5\n",
+    ),
+    PlatformCase(
+        name="digitalocean",
+        sim_platform="digitalocean",
+        # One document, one request: nothing to spoil partly. No temporary link-local
+        # address is added under a sandbox root (no netlink there).
+        url=lambda port: f"http://{LOOPBACK}:{port}/metadata/v1.json",
+        max_snapshot=16 * 1024 * 1024,
+        config=QUIET + DEFAULT_USER_CONFIG + "[DigitalOcean]\npoll_interval = 0.5\n",
+    ),
+    PlatformCase(
+        name="azure",
+        sim_platform="azure",
+        # IMDS alone (no provisioning DVD under a sandbox root, as on a VM without one); the
+        # WireServer the health report goes to is the same host and port, so every fault
+        # spoils it too. Keys go to the admin user only.
+        url=lambda port: f"http://{LOOPBACK}:{port}/metadata/instance",
+        tweak=_one_admin,
+        owner=AZURE_ADMIN,
+        max_snapshot=16 * 1024 * 1024,
+        config=QUIET,
+    ),
 )
+# Not in the table: SmartOS (its channel is a unix socket whose path the simulator picks
+# when it starts, so "down at start" cannot be played; its faults are per key of a serial
+# protocol, not per HTTP request; its keys go to root, an account that exists already and
+# never joins the sudo group, which the checks here do not fit: tests/sim/test_smartos_*.py
+# drive those faults); VMware (a guestinfo tool, not a server) and the CPIO device (a disk
+# read once): neither has a transport the simulator can fault.
 BY_NAME = {case.name: case for case in PLATFORMS}
 IDS = [case.name for case in PLATFORMS]
 
 
 def url_of(case: PlatformCase, sim: Simulator) -> str:
     url = case.url(sim.port)
-    assert sim.url(case.sim_platform).startswith(url.rstrip("/")), (url, sim.url(case.sim_platform))
+    # DigitalOcean's simulator base is the text tree beside v1.json: same prefix.
+    prefix = url.rstrip("/").removesuffix(".json")
+    assert sim.url(case.sim_platform).startswith(prefix), (url, sim.url(case.sim_platform))
     return url
 
 

@@ -14,13 +14,20 @@ of a provisioned sandbox and its own simulator, all side by side (their time goe
 timeouts and backoff, not on the CPU). Each run is the real CLI forked from the zygote of
 conftest.py (an interpreter that imported the agent once), which saves ~0.5 s of CPU a run.
 
+Platforms are the rows of conftest.PLATFORMS: GCE, EC2, NoCloud, OpenStack, DigitalOcean
+and Azure. The partial faults go where a snapshot takes several requests (EC2's walk,
+NoCloud's and OpenStack's files): one of them fails, is cut short (also the 404 that says a
+file is absent) or is garbage, and the rest answer; the snapshot must then be all or
+nothing. On Azure every fault also spoils the WireServer (same host and port).
+
 The daemon: a reduced set per platform, one daemon going through the faults one after
 the other: down at start (the daemon starts first, the simulator later on the same port),
 then down mid-run (suspend/resume), 503 and a garbage body everywhere, the rest spread
-over the platforms (GCE flavor, reset and flap; EC2 truncate, html and 429; NoCloud reset,
-truncate and html).
-Latency and black holes are left out of the daemon set: a held long poll is only timed
-out after 70 s; the run-once matrix covers both on every platform.
+over the platforms (GCE flavor, reset and flap; EC2 truncate, html and 429; NoCloud and
+OpenStack reset, truncate and html; DigitalOcean truncate, 429 and flap). Azure's daemon
+goes through down at start only: it polls IMDS every 60 s, too slow for a phase to
+converge in the bound. Latency and black holes are left out of the daemon set: a held
+long poll is only timed out after 70 s; the run-once matrix covers both on every platform.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ BEFORE = {"alice": [ALICE], "bob": [BOB]}
 AFTER = {"alice": [ALICE], "bob": [BOB, BOB2], "carol": [CAROL]}
 GARBAGE = '{"instance": {"id": "66", "attributes": {"ssh-keys": "mallory:' + MALLORY  # cut short
 GARBAGE_TYPED = '["mallory", "' + MALLORY + '", {"ssh-keys": 1}]'
+USER_DATA = "#!/bin/sh\n" + "echo 'user data, long enough to be cut short'\n" * 20
 # Generous: a loaded 2-core CI box, backoff capped at 5 s (run) or 1 s (daemon).
 CONVERGE_WITHIN = 60.0
 
@@ -75,6 +83,9 @@ class Fault:
     count: int | None = None
     # Spoils only part of a snapshot's requests (the platform's partial_pattern).
     partial: bool = False
+    # The scenario has user data (where partial_pattern is the user data file, the spoiled
+    # answer is then the file's own; without it, the 404 that says there is none).
+    user_data: bool = False
 
     def applies(self, case: PlatformCase) -> bool:
         if self.kind == "flavor":
@@ -104,6 +115,7 @@ FAULTS = (
     Fault("partial-503", "status", {"status": 503}, partial=True),
     Fault("partial-reset", "reset", partial=True),
     Fault("partial-truncate", "truncate", {"fraction": 0.3}, partial=True),
+    Fault("partial-truncate-data", "truncate", {"fraction": 0.3}, partial=True, user_data=True),
     Fault("partial-garbage", "body", {"body": GARBAGE}, partial=True),
 )
 
@@ -166,12 +178,13 @@ def run_once_case(zygote: Zygote, case: PlatformCase, fault: Fault, template: Pa
     sim = None
     fid = None
     pattern = case.partial_pattern if fault.partial else "*"
+    metadata = scenario(AFTER, user_data=USER_DATA) if fault.user_data else scenario(AFTER)
     try:
         if fault.kind == "down":
             port = free_port()
             url = case.url(port)
         else:
-            sim = case.start(scenario(AFTER))
+            sim = case.start(metadata)
             url = url_of(case, sim)
             fid = sim.add_fault(
                 pattern, fault.kind, platform=case.sim_platform, count=fault.count, **fault.params
@@ -194,7 +207,7 @@ def run_once_case(zygote: Zygote, case: PlatformCase, fault: Fault, template: Pa
             during = accounts_state(root, case, accounts)
             finished_early = proc.poll() is not None
             if fault.kind == "down":
-                sim = case.start(scenario(AFTER), port=port)
+                sim = case.start(metadata, port=port)
             elif fault.count is None:
                 sim.remove_fault(fid)
             recovered = time.monotonic()
@@ -253,6 +266,11 @@ DAEMON_FAULTS: dict[str, tuple[str, ...]] = {
     "gce": ("down-mid-run", "status-503", "garbage-json", "flavor-missing", "reset", "flap"),
     "ec2": ("down-mid-run", "status-503", "garbage-json", "truncate", "html-200", "status-429"),
     "nocloud": ("down-mid-run", "status-503", "garbage-json", "reset", "truncate", "html-200"),
+    "openstack": ("down-mid-run", "status-503", "garbage-json", "reset", "truncate", "html-200"),
+    "digitalocean": ("down-mid-run", "status-503", "garbage-json", "truncate", "status-429", "flap"),
+    # IMDS is polled every 60 s (not configurable): a phase could not converge within
+    # CONVERGE_WITHIN of its fault ending. The daemon is held to down at start only.
+    "azure": (),
 }
 # A platform added to the table without a set of its own gets this one.
 DAEMON_DEFAULT = ("down-mid-run", "status-503", "garbage-json", "reset", "truncate", "html-200")

@@ -4,9 +4,11 @@ platform of the table.
 
 Each platform gets the corpus its wire format can carry, mixed with good entries in the
 same snapshot: GCE every entry (bad names as `USER:KEY` lines, bad key lines for users of
-their own) plus a 10 MB attribute; the default-user platforms every key entry (each a key of
-its own), the megabyte lines left out (their transports refuse a snapshot that size, which
-the oversized-value case covers). Then:
+their own) plus a 10 MB attribute; the platforms whose keys carry no user name (EC2,
+NoCloud, OpenStack and DigitalOcean give them to the default user, Azure to its admin)
+every key entry (each a key of its own), the megabyte lines only where a snapshot may be
+that large (DigitalOcean's and Azure's one document, up to 16 MiB; EC2, NoCloud and
+OpenStack refuse a file over 1 MiB, which the oversized-value case covers). Then:
 
 - nothing unsafe written or run: the sandbox tree before and after differs only where the
   agent owns files (account files, the good users' homes, its records), every account
@@ -39,7 +41,6 @@ from tests.integration.conftest import scenario
 from tests.reliability import hostile_corpus as corpus
 from tests.reliability.conftest import (
     AGENT,
-    DEFAULT_USER,
     IDS,
     PLATFORMS,
     PlatformCase,
@@ -215,11 +216,15 @@ def installed_corpus_keys(root: Path, entries: list[corpus.Entry]) -> list[str]:
 
 
 def _for(case: PlatformCase) -> list[corpus.Entry]:
+    """The entries the platform's format can carry; the megabyte lines only where the
+    snapshot may hold them all (with room for the rest of the document)."""
+    entries = corpus.entries()
+    sized = sum(len(e.text) for e in entries if e.sized)
+    room = case.max_snapshot is None or case.max_snapshot > 2 * sized
     return [
         e
-        for e in corpus.entries()
-        if ((e.kind == "key" and not e.named_only) or case.named_users)
-        and (not e.sized or case.max_snapshot is None)
+        for e in entries
+        if ((e.kind == "key" and not e.named_only) or case.named_users) and (not e.sized or room)
     ]
 
 
@@ -243,7 +248,7 @@ def mixed_metadata(case: PlatformCase, entries: list[corpus.Entry]) -> tuple[dic
 def expected_accounts(case: PlatformCase) -> dict[str, list[str]]:
     if case.named_users:
         return {**BEFORE, **{f"good{i}": [k] for i, k in enumerate(GOOD)}}
-    return {DEFAULT_USER: [ALICE, BOB, *GOOD]}
+    return {case.owner: [ALICE, BOB, *GOOD]}
 
 
 @pytest.mark.parametrize("case", PLATFORMS, ids=IDS)
@@ -280,8 +285,8 @@ def test_hostile_entries_mixed_with_good_ones(case: PlatformCase, provisioned, t
     stray = installed_corpus_keys(root, every)
     if stray:
         problems.append(f"corpus keys installed: {stray}")
-    # Only the default user's keys change on a platform without names (it gains good keys).
-    problems += unsafe_paths(outcome, new_users, () if case.named_users else (DEFAULT_USER,))
+    # Only the owner's keys change on a platform without names (it gains good keys).
+    problems += unsafe_paths(outcome, new_users, () if case.named_users else (case.owner,))
     problems += unsafe_commands(outcome, set(want), _groups(root))
     # Logs: once per refusal, never with key material.
     repeats = {line: n for line, n in rejection_counts(outcome.stderr).items() if n > 1}
@@ -458,8 +463,9 @@ def test_a_ten_megabyte_user_data_holds_only_what_reads_it(
     case: PlatformCase, provisioned, zygote: Zygote, tmp_path: Path
 ) -> None:
     """10 MB of user data beside a new key, in one snapshot: the key is installed (user
-    data is refused or kept by what reads it, scripts), never a crash. (The first run
-    would stop at --wait 10 if the platform refused the whole snapshot for it.)"""
+    data is refused or kept by what reads it, scripts and first boot), never a crash,
+    also where the user data is a field of the one document (DigitalOcean, Azure's IMDS).
+    (The first run would stop at --wait 10 if the platform refused the whole snapshot.)"""
     root = clone(provisioned(case, BEFORE), tmp_path / "root")
     users = {**BEFORE, "good0": [GOOD[0]]}
     sim = case.start(scenario(users, user_data="#!/bin/sh\n" + "#" * TEN_MB + "\n"))
@@ -477,8 +483,10 @@ def test_thousands_of_lines_for_one_user(
     case: PlatformCase, provisioned, zygote: Zygote, tmp_path: Path
 ) -> None:
     """2000 refused lines for one user, and one key repeated 2000 times for another (or,
-    where keys have no user, both in the default user's keys), beside a good key: the good
-    key and the repeated one (once) are installed, each refused line is logged once."""
+    where keys have no user, both as one key entry each of the account keys go to: an
+    entry of many lines is that many key lines), beside a good key: the good key and the
+    repeated one (once) are installed, each refused line is logged once (OpenStack lists
+    every key twice, in public_keys and keys[]: still once)."""
     root = clone(provisioned(case, BEFORE), tmp_path / "root")
     if case.named_users:
         sim = case.start(scenario(BEFORE))
@@ -493,7 +501,7 @@ def test_thousands_of_lines_for_one_user(
                 {**BEFORE, "good0": [GOOD[0]], "flood": [FLOOD_BAD.text], "floodsame": [FLOOD_SAME.text]}
             )
         )
-        want = {DEFAULT_USER: [ALICE, BOB, GOOD[0], SAME_KEY]}
+        want = {case.owner: [ALICE, BOB, GOOD[0], SAME_KEY]}
     try:
         outcome = run(case, root, url_of(case, sim), tmp_path, zygote=zygote)
     finally:

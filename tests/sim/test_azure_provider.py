@@ -9,6 +9,7 @@ network peer is the simulator (or a closed port) on 127.0.0.1.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ from guestsim.media import build_media
 from .conftest import SCENARIOS
 
 AZURE = SCENARIOS / "azure.yaml"
+LOGGER = "guestagent.adapters.platforms.azure"
 NOWHERE = "http://127.0.0.1:9/"
 
 
@@ -218,6 +220,20 @@ def test_imds_410_is_retried_until_it_answers(tmp_path: Path, sim: Simulator, op
     assert statuses == [410, 410, 200]
 
 
+def test_imds_failures_are_said_once_and_once_that_they_are_over(
+    tmp_path: Path, sim: Simulator, opened: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim.add_fault("/metadata/instance", kind="status", status=503, count=4)
+    src = source(tmp_path, sim.url("azure"))
+    opened.append(src)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        src.get()
+        src.get()
+    said = [r.getMessage() for r in caplog.records if r.name == LOGGER and r.getMessage().startswith("IMDS")]
+    assert said == ["IMDS answered HTTP 503; retrying for up to 20s", "IMDS is answering again"]
+    assert [r["status"] for r in sim.requests(path="/metadata/instance")] == [503] * 4 + [200, 200]
+
+
 def test_imds_errors_are_retried_for_a_bounded_time(tmp_path: Path, sim: Simulator, opened: list) -> None:
     sim.add_fault("/metadata/instance", kind="status", status=503)
     src = source(tmp_path, sim.url("azure"), imds_retry_total=1.5)
@@ -290,6 +306,19 @@ def test_wireserver_500_then_ok(tmp_path: Path, sim: Simulator, opened: list) ->
     # The goal state was asked again before each try; the versions only once.
     assert len(sim.requests(path="/machine/", method="GET")) == 3
     assert len(sim.requests(path="/", method="GET")) == 1
+
+
+def test_a_refused_health_report_is_said_once_not_per_retry(
+    tmp_path: Path, sim: Simulator, opened: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim.add_fault("/machine", kind="status", status=500, count=4, method="POST")
+    src = source(tmp_path, sim.url("azure"))
+    opened.append(src)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        src.report_health(HealthStatus("Ready"))
+    warned = [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "health report Ready" in warned[0], warned
+    assert [r["state"] for r in sim.state("azure")["health_reports"]] == ["Ready"]
 
 
 def test_a_wireserver_that_never_takes_it_fails_within_the_bound(

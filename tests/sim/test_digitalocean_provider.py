@@ -217,8 +217,24 @@ def test_refused_answers_are_unavailable(
         open_source(sim.url("digitalocean")).get()
 
 
-def test_an_oversized_document_is_refused(sim: Simulator, open_source: Open) -> None:
-    sim.add_fault(DOC, "body", body='{"droplet_id": 1, "user_data": "' + "x" * (1024 * 1024) + '"}')
+def test_oversized_user_data_holds_only_what_reads_it(sim: Simulator, open_source: Open) -> None:
+    """Far over DigitalOcean's 64 KiB (and over a MiB): the document is still read, its keys
+    apply, and only what reads user data holds."""
+    sim.set("user_data", "#!/bin/sh\n" + "#" * (2 * 1024 * 1024), platform="digitalocean")
+    md = open_source(sim.url("digitalocean")).get().metadata
+    assert [k.line for k in md.ssh_keys] == [ROOT_KEY]
+    assert md.user_data is None
+    assert {(r.where, r.concerns) for r in md.rejections if r.holds} == {
+        ("user_data", "scripts"),
+        ("user_data", "firstboot"),
+    }
+
+
+def test_a_document_over_the_bound_is_refused(
+    sim: Simulator, open_source: Open, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport, "DOCUMENT_MAX", 64 * 1024)
+    sim.set("user_data", "x" * (64 * 1024), platform="digitalocean")
     with pytest.raises(MetadataUnavailable, match="larger than"):
         open_source(sim.url("digitalocean")).get()
 

@@ -417,6 +417,25 @@ def test_an_unusable_meta_data_is_retried_like_a_server_that_is_down(
         source(root, url=sim.url("openstack")).get()
 
 
+@pytest.mark.parametrize("user_data", ["#!/bin/sh\necho hello\n" * 20, None])
+@pytest.mark.parametrize(
+    ("kind", "params"), [("truncate", {"fraction": 0.3}), ("reset", {}), ("status", {"status": 503})]
+)
+def test_one_file_failing_makes_the_whole_snapshot_unavailable(
+    make_simulator: Any, root: Path, user_data: str | None, kind: str, params: dict[str, Any]
+) -> None:
+    """All or nothing: user_data cut short (or its 404 cut short, when there is none) is no
+    snapshot, not meta_data.json's keys without it."""
+    sim = make_simulator(DEMO, platforms=("openstack",))
+    if user_data is None:
+        sim.delete("user_data", platform="openstack")
+    else:
+        sim.set("user_data", user_data, platform="openstack")
+    sim.add_fault("*/user_data", kind, platform="openstack", **params)
+    with pytest.raises(MetadataUnavailable, match=r"user_data|unreachable"):
+        source(root, url=sim.url("openstack")).get()
+
+
 def test_network_data_of_the_wrong_shape_holds_only_the_network(make_simulator: Any, root: Path) -> None:
     sim = make_simulator(STATIC, platforms=("openstack",))
     sim.add_fault(
@@ -444,12 +463,14 @@ def test_an_html_network_data_refuses_the_snapshot(make_simulator: Any, root: Pa
 
 def test_ten_megabytes_over_the_service(make_simulator: Any, root: Path) -> None:
     sim = make_simulator(DEMO, platforms=("openstack",))
+    keys = source(root, url=sim.url("openstack")).get().metadata.ssh_keys
     sim.set("user_data", "#" * (10 * 1024 * 1024), platform="openstack")
     md = source(root, url=sim.url("openstack")).get().metadata
     assert md.user_data is None
-    assert [r.reason for r in md.held("scripts")] == [
-        f"user_data is larger than {FILE_MAX} bytes ({10 * 1024 * 1024} bytes); kept as it was"
-    ]
+    reason = f"user_data is larger than {FILE_MAX} bytes ({10 * 1024 * 1024} bytes); kept as it was"
+    assert [r.reason for r in md.held("scripts")] == [reason]
+    assert [r.reason for r in md.held("firstboot")] == [reason]
+    assert md.ssh_keys == keys  # the keys of the same snapshot still apply
     sim.set("meta_data.json/pad", "#" * (10 * 1024 * 1024), platform="openstack")
     with pytest.raises(MetadataUnavailable, match=r"meta_data\.json is larger than 1048576 bytes"):
         source(root, url=sim.url("openstack")).get()

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from guestagent.domain import safexml
 from guestagent.domain.platforms.azure import (
     ASSET_TAG,
+    MAX_KEYS,
     AzureExtras,
     AzureFetched,
     AzureMetadataError,
@@ -330,6 +331,40 @@ def test_wrong_typed_public_keys_hold_accounts() -> None:
     metadata = parse(None, imds(publicKeys={"keyData": ED25519}))
     assert metadata.held("accounts")
     assert metadata.ssh_keys == ()
+
+
+PATH = "/home/azureuser/.ssh/authorized_keys"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [ED25519, {"keyData": ["x"], "path": PATH}, {"keyData": ED25519_BOB, "path": 5}],
+)
+def test_an_unreadable_public_keys_entry_holds_accounts(entry: object) -> None:
+    metadata = parse(None, imds(publicKeys=[{"keyData": RSA, "path": PATH}, entry]))
+    assert [r.where for r in metadata.held("accounts")] == ["IMDS compute.publicKeys[1]"]
+    assert [k.line for k in metadata.ssh_keys] == [RSA]
+
+
+def test_more_public_keys_than_the_bound_hold_accounts() -> None:
+    listed = [{"keyData": ED25519, "path": PATH}] * (MAX_KEYS + 1)
+    metadata = parse(None, imds(publicKeys=listed))
+    assert [r.where for r in metadata.held("accounts")] == ["IMDS compute.publicKeys"]
+
+
+def test_key_data_of_several_lines_is_read_line_by_line() -> None:
+    bad = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIcut"
+    text = "\n".join(["", f"  {ED25519}  ", bad, f"{ED25519_BOB}\r", ED25519_BOB, bad])
+    metadata = parse(None, imds(publicKeys=[{"keyData": text, "path": PATH}]))
+    assert [(k.user, k.line) for k in metadata.ssh_keys] == [
+        ("azureuser", ED25519),
+        ("azureuser", ED25519_BOB),
+    ]
+    assert [r.where for r in metadata.rejections] == [
+        "IMDS compute.publicKeys[0] line 3",
+        "IMDS compute.publicKeys[0] line 6",
+    ]
+    assert not any(r.holds for r in metadata.rejections)
 
 
 def test_dmi_asset_tag() -> None:

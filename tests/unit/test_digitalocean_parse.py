@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from guestagent.domain.metadata import InstanceMetadata, Rejection
 from guestagent.domain.nics import Link
 from guestagent.domain.platforms.digitalocean import (
+    DATA_MAX,
     DigitalOceanExtras,
     DigitalOceanMetadataError,
     bootstrap_link,
@@ -226,6 +227,18 @@ def test_a_bad_key_is_rejected_and_the_others_apply() -> None:
     assert "AAAA" not in rejection.reason
 
 
+def test_an_entry_of_several_lines_is_read_line_by_line() -> None:
+    bad = [f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{n:03d}cut" for n in range(3)]
+    md = parse(public_keys=[ED25519, "\n".join([bad[0], ED25519_BOB, bad[1], ED25519_BOB, "", bad[2]])])
+    assert [k.line for k in md.ssh_keys] == [ED25519, ED25519_BOB]
+    assert [r.where for r in md.rejections] == [
+        "public_keys key 2 line 1",
+        "public_keys key 2 line 3",
+        "public_keys key 2 line 6",
+    ]
+    assert not any(r.holds for r in md.rejections)
+
+
 @pytest.mark.parametrize("keys", [{"0": ED25519}, 5, True])
 def test_keys_of_the_wrong_type_hold_accounts(keys: object) -> None:
     md = parse(public_keys=keys)
@@ -343,11 +356,24 @@ def test_a_bad_nameserver_is_refused_and_the_others_apply() -> None:
     ]
 
 
-@pytest.mark.parametrize("field", ["user_data", "vendor_data"])
-def test_data_of_the_wrong_type_holds_scripts(field: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "readers"), [("user_data", {"scripts", "firstboot"}), ("vendor_data", {"scripts"})]
+)
+def test_data_of_the_wrong_type_holds_what_reads_it(field: str, readers: set[str]) -> None:
     md = parse(**{field: {"runcmd": []}})
     assert getattr(md, field) is None
-    assert held(md) == {(field, "scripts")}
+    assert held(md) == {(field, reader) for reader in readers}
+
+
+@pytest.mark.parametrize(
+    ("field", "readers"), [("user_data", {"scripts", "firstboot"}), ("vendor_data", {"scripts"})]
+)
+def test_data_over_digitaloceans_limit_holds_only_what_reads_it(field: str, readers: set[str]) -> None:
+    md = parse(**{field: "#!/bin/sh\n" + "#" * DATA_MAX})
+    assert getattr(md, field) is None
+    assert held(md) == {(field, reader) for reader in readers}
+    assert [k.line for k in md.ssh_keys] == [SAMMY]  # the keys of the same document apply
+    assert parse(**{field: "#" * DATA_MAX}).rejections == ()  # the limit itself is allowed
 
 
 def test_bad_extras_are_refusals_without_holds() -> None:

@@ -257,6 +257,18 @@ def test_keys_from_public_keys_and_keys_are_merged_in_order() -> None:
     assert md.rejections == ()
 
 
+def test_a_bad_line_listed_in_public_keys_and_keys_is_refused_once() -> None:
+    """Nova lists each key pair in both; a text of many lines (some bad) is read once."""
+    bad = [f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{n:03d}cut" for n in range(50)]
+    text = "\n".join([*bad, ED25519, ED25519])
+    md = parse_openstack(
+        files(with_meta(public_keys={"flood": text}, keys=[{"name": "flood", "type": "ssh", "data": text}]))
+    )
+    assert keys(md) == [(None, ED25519)]
+    assert len(md.rejections) == len(bad)
+    assert all(r.where.startswith("meta_data.json public_keys entry 1") for r in md.rejections)
+
+
 def test_a_bad_key_line_is_rejected_and_the_others_kept() -> None:
     md = parse_openstack(files(with_meta(public_keys={"a": "ssh-rsa AAAA truncated", "b": ED25519}, keys=[])))
     assert keys(md) == [(None, ED25519)]
@@ -684,11 +696,19 @@ def test_a_cloud_init_member_that_is_not_a_string_is_kept_in_the_extras_only() -
     ]
 
 
-@pytest.mark.parametrize("name", ["user_data", "vendor_data", "vendor_data2"])
-def test_unreadable_user_or_vendor_data_holds_scripts(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "holds"),
+    [
+        ("user_data", {("user_data", "scripts"), ("user_data", "firstboot")}),
+        ("vendor_data", {("vendor_data.json", "scripts")}),
+        ("vendor_data2", {("vendor_data2.json", "scripts")}),
+    ],
+)
+def test_unreadable_user_or_vendor_data_holds_only_what_reads_it(
+    name: str, holds: set[tuple[str, str]]
+) -> None:
     md = parse_openstack(files(**{name: Unreadable(f"{name} is larger than 1048576 bytes")}))
-    file = {"user_data": "user_data", "vendor_data": "vendor_data.json", "vendor_data2": "vendor_data2.json"}
-    assert held(md) == {(file[name], "scripts")}
+    assert held(md) == holds
     assert keys(md) == [(None, RSA)]
 
 

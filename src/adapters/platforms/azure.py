@@ -13,9 +13,10 @@ Where each thing comes from:
   `Metadata: true`, never through a proxy (IMDS refuses proxied requests).
   404, 410 (the VM is not provisioned yet), 429 and 5xx answers and transport
   failures are retried with capped backoff for at most IMDS_RETRY_TOTAL
-  seconds in all; other answers, an HTML page or a body that is not JSON are
+  seconds in all (each kind of failure logged once, and once that IMDS
+  answers again); other answers, an HTML page or a body that is not JSON are
   refused at once (MetadataUnavailable, retried by the caller like a server
-  that is down).
+  that is down). An answer is at most 16 MiB (IMDS_MAX).
 - The WireServer: `[Azure] wireserver` (HOST or HOST:PORT) when set; else,
   when `--metadata-url` points elsewhere (tests, the simulator), that URL's
   host and port, which the simulator serves both from; else DHCP option 245
@@ -95,7 +96,9 @@ DEFAULT_URL = "http://169.254.169.254/metadata/instance"
 IMDS_PATH = "/metadata/instance"
 REQUEST_TIMEOUT = (2.0, 10.0)
 PROBE_TIMEOUT = (1.0, 2.0)
-IMDS_MAX = 1024 * 1024
+# Far above a real answer (Azure caps userData, which the agent does not read, at 64 KiB):
+# a huge userData must not stop the keys of the same document.
+IMDS_MAX = 16 * 1024 * 1024
 IMDS_RETRY_TOTAL = 20.0
 IMDS_RETRY_STATUSES = frozenset({404, 410, 429})
 REPORT_RETRY_TOTAL = 30.0
@@ -199,9 +202,7 @@ def _optical(root: str) -> list[str]:
     for link in sorted(glob.glob(os.path.join(glob.escape(by_label), LABEL_PREFIX + "*"))):
         target = os.readlink(link) if os.path.islink(link) else link
         paths.append(
-            under(root, target)
-            if os.path.isabs(target)
-            else os.path.normpath(os.path.join(by_label, target))
+            under(root, target) if os.path.isabs(target) else os.path.normpath(os.path.join(by_label, target))
         )
     paths += [under(root, "/dev/sr0"), under(root, "/dev/cdrom")]
     try:
@@ -298,6 +299,8 @@ class AzureMetadata:
         self._lock = threading.Lock()
         self._session = http.new_session({"Accept-Encoding": "identity"})
         self._wire_session = http.new_session({"Accept-Encoding": "identity"})
+        # The IMDS failure last said (it is said once, and once that it is over).
+        self._imds_failing: str | None = None
         if self.settings.http_proxy:
             self._wire_session.proxies = {"http": self.settings.http_proxy, "https": self.settings.http_proxy}
         self._ovf: tuple[bytes, str] | None = None
@@ -351,7 +354,7 @@ class AzureMetadata:
         backoff = Backoff(cap=min(5.0, max(0.1, self.backoff_max)))
         while True:
             try:
-                return self._imds_once()
+                body = self._imds_once()
             except _Status as exc:
                 if not (exc.status in IMDS_RETRY_STATUSES or 500 <= exc.status <= 599):
                     raise MetadataUnavailable(f"IMDS answered HTTP {exc.status}") from None
@@ -360,10 +363,17 @@ class AzureMetadata:
                 raise
             except MetadataUnavailable as exc:
                 reason = str(exc)
+            else:
+                if self._imds_failing is not None:
+                    log.info("IMDS is answering again")
+                    self._imds_failing = None
+                return body
             delay = backoff.next_delay()
             if self._stop.is_set() or time.monotonic() + delay > deadline:
                 raise MetadataUnavailable(f"{reason} (retried for {self.imds_retry_total:g}s)")
-            log.debug("%s; retrying in %.1fs", reason, delay)
+            if reason != self._imds_failing:  # once per kind of failure, not per retry
+                log.warning("%s; retrying for up to %gs", reason, self.imds_retry_total)
+                self._imds_failing = reason
             self._stop.wait(delay)
 
     # -------------------------------------------------------------- the port
@@ -455,6 +465,7 @@ class AzureMetadata:
         it was never accepted."""
         deadline = time.monotonic() + self.report_retry_total
         backoff = Backoff(cap=min(5.0, max(0.1, self.backoff_max)))
+        said: str | None = None
         while True:
             try:
                 goal = self.goal_state()
@@ -467,7 +478,14 @@ class AzureMetadata:
                 delay = backoff.next_delay()
                 if time.monotonic() + delay > deadline:
                     raise MetadataUnavailable(f"health report not accepted: {exc}") from exc
-                log.warning("health report %s: %s; retrying in %.1fs", status.state, exc, delay)
+                if str(exc) != said:  # once per kind of failure, not per retry
+                    log.warning(
+                        "health report %s: %s; retrying for up to %gs",
+                        status.state,
+                        exc,
+                        self.report_retry_total,
+                    )
+                    said = str(exc)
                 # Not cut short by close(): the one-shot commands close the source once they
                 # have their snapshot, before the subsystems (and this report) run.
                 time.sleep(delay)

@@ -21,8 +21,11 @@ DigitalOcean-specific guards (the shared ones are in http.py):
   through whatever network the machine has.
 - A captive portal answering 200 with HTML: the document must come as JSON
   (an HTML content type or a body starting with `<` is refused).
-- Bounded body: at most 1 MiB (user data is limited to 64 KiB by the
-  platform); a larger answer is not DigitalOcean's and is refused.
+- Bounded body: at most 16 MiB; a larger answer is refused whole. The
+  platform caps user data at 64 KiB, so a real document is far smaller, but
+  a field that is too large must hold only what reads it (the parser holds
+  scripts and first boot for user data over 64 KiB; the keys of the same
+  document still apply), and a document is the one request a snapshot is.
 - No long poll: watch() reads again every `[DigitalOcean] poll_interval`
   seconds and yields only when the body changed (a digest of it is the tag).
 """
@@ -62,7 +65,7 @@ DEFAULT_URL = "http://169.254.169.254/metadata/v1.json"
 REQUEST_TIMEOUT = (2.0, 5.0)
 # Detection's probe: the service answers at once when it is there at all.
 PROBE_TIMEOUT = (1.0, 2.0)
-DOCUMENT_MAX = 1024 * 1024
+DOCUMENT_MAX = 16 * 1024 * 1024
 
 
 def document_url(url: str) -> str:

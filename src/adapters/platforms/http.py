@@ -77,6 +77,8 @@ def parse_or_unavailable(
 
 # A body that trickles in may hold a pass (and SIGTERM) no longer than this.
 BODY_DEADLINE = 30.0
+# A 404's body (an error page) is read only to know the answer is whole.
+NOT_FOUND_MAX = 64 * 1024
 _CHUNK = 16 * 1024
 
 
@@ -135,10 +137,12 @@ def fetch_file(
     """GET one file: its body and Content-Type, or None on 404 (absent: the caller says
     whether that may be). `what` names it in every reason ("NoCloud seed user-data").
     Anything but 200 or 404, or a compressed body (not asked for), is MetadataUnavailable;
-    a body over `limit` bytes is media.FileTooLarge (see read_files)."""
+    a body over `limit` bytes is media.FileTooLarge (see read_files). A 404 counts only
+    once its body arrived whole: one cut short is a broken answer, not "absent"."""
     response = request(session, "GET", url, timeout=timeout, stream=True)
     try:
         if response.status_code == 404:
+            read_body(response, f"{what} (HTTP 404)", NOT_FOUND_MAX)
             return None
         if response.status_code != 200:
             raise MetadataUnavailable(f"{what} answered HTTP {response.status_code}")

@@ -20,7 +20,9 @@ proxies from the environment, no compressed bodies, a total deadline per
 body as well as the per-read timeout; a 404 for anything but meta_data.json
 means the file is absent (older Nova has no vendor_data2.json); a JSON file
 answered with an HTML page (a captive portal, a proxy's error) refuses the
-snapshot like a server that is down.
+snapshot like a server that is down. A snapshot is all or nothing: any file
+that fails, is cut short (a 404 included) or is refused makes the whole
+snapshot unavailable, never one assembled from the other files.
 
 Following: a config drive does not change while the system runs, so
 `watch()` yields at most the one snapshot the caller has not seen and then

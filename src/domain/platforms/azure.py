@@ -41,7 +41,10 @@ What becomes of them:
   keys that carry a Value and IMDS `publicKeys[].keyData`, each for that named user. A key
   whose Path is not the user's `/home/USER/.ssh/authorized_keys` is refused with a reason
   (the agent installs keys in one place only); a fingerprint-only key (its body is in the
-  WireServer's certificate bundle) is refused too: IMDS normally lists the same key;
+  WireServer's certificate bundle) is refused too: IMDS normally lists the same key. A value
+  of several lines is that many key lines, each checked (and refused) on its own; an entry
+  that cannot be read (not an object, a keyData that is not a string) or more than MAX_KEYS
+  keys hold accounts: the keys past or behind them may be the admin's;
 - the hostname is OVF HostName, else `osProfile.computerName`, else `compute.name`;
 - CustomData (base64 in the OVF) is decoded into the neutral `user_data`; the text as given is
   kept in the extras (DecodeCustomData decides which of the two is saved);
@@ -237,7 +240,9 @@ def parse_ovf_env(data: bytes) -> tuple[OvfEnv, tuple[Rejection, ...]]:
     )
     if len(keys) > MAX_KEYS:
         rejections.append(
-            Rejection(f"{where}/SSH/PublicKeys", f"more than {MAX_KEYS} keys; the rest ignored")
+            Rejection(
+                f"{where}/SSH/PublicKeys", f"more than {MAX_KEYS} keys; keys kept as they are", holds=True
+            )
         )
     return env, tuple(rejections)
 
@@ -316,15 +321,27 @@ def _keys(
     if listed is not None and not isinstance(listed, list):
         rejections.append(Rejection("IMDS compute.publicKeys", "is not a list", holds=True))
     elif isinstance(listed, list):
+        if len(listed) > MAX_KEYS:
+            # Not read as the first MAX_KEYS: the keys past them would be removed.
+            rejections.append(
+                Rejection(
+                    "IMDS compute.publicKeys",
+                    f"lists more than {MAX_KEYS} keys; keys kept as they are",
+                    holds=True,
+                )
+            )
         for number, entry in enumerate(listed[:MAX_KEYS], start=1):
             where = f"IMDS compute.publicKeys[{number - 1}]"
+            # An entry that cannot be read may be a key the admin has: keys are kept as they are.
             if not isinstance(entry, dict):
-                rejections.append(Rejection(where, "is not an object"))
+                rejections.append(Rejection(where, "is not an object; keys kept as they are", holds=True))
                 continue
             data = entry.get("keyData")
             path = entry.get("path", "")
             if not isinstance(data, str) or not isinstance(path, str):
-                rejections.append(Rejection(where, "keyData or path is not a string"))
+                rejections.append(
+                    Rejection(where, "keyData or path is not a string; keys kept as they are", holds=True)
+                )
                 continue
             given.append((where, path.strip(), data, None))
     keys: list[SshKey] = []
@@ -351,10 +368,16 @@ def _keys(
                 )
             )
             continue
-        try:
-            keys.append(key_for_user(user, " ".join(text.split("\n")).strip()))
-        except Invalid as exc:
-            rejections.append(Rejection(where, str(exc)))
+        # A value of several lines is several key lines (what sshd would read, had it been
+        # written out as given, as Azure's own agent does): each is checked on its own.
+        lines = [(n, line.strip()) for n, line in enumerate(text.split("\n"), start=1)]
+        lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+        for line_number, line in lines:
+            try:
+                keys.append(key_for_user(user, line))
+            except Invalid as exc:
+                place = where if len(lines) == 1 else f"{where} line {line_number}"
+                rejections.append(Rejection(place, str(exc)))
     return keys
 
 

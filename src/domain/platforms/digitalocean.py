@@ -42,6 +42,12 @@ ever turns them into addresses.
 
 Several accepted variations come from real droplets (cloud-init's fixtures):
 `droplet_id` as a digit string, `public_keys` as one string, `tags: null`.
+A `public_keys` entry of several lines is that many key lines, each checked
+(and refused) on its own, as sshd would read them had they been written out.
+
+User data and vendor data over DigitalOcean's 64 KiB (DATA_MAX), or of the
+wrong type, hold only what reads them (user data: scripts and first boot;
+vendor data: scripts); the rest of the document applies.
 """
 
 from __future__ import annotations
@@ -56,7 +62,8 @@ from guestagent.domain.jsondoc import json_type
 from guestagent.domain.metadata import InstanceMetadata, NetworkInterface, Rejection, SshKey
 from guestagent.domain.nics import Link
 from guestagent.domain.platforms import common
-from guestagent.domain.ssh_keys import dedupe, parse_default_user_keys
+from guestagent.domain.ssh_keys import dedupe, key_for_user, parse_default_user_keys
+from guestagent.domain.validation import Invalid
 from guestagent.domain.values import canonical_ip, canonical_mac
 
 PLATFORM = "digitalocean"
@@ -69,6 +76,10 @@ _ALL_NETWORK = ("network", "nics", "hostname")
 _PRIMARY = _ALL_NETWORK
 _EXTRAS = "instance_setup"  # nothing acts on DO's extras yet; their refusals are logged there
 _DATA = "scripts"
+# What reads user data: scripts, and first boot (`[FirstBoot] run_user_data`), as on EC2.
+_USER_DATA_READERS = (_DATA, "firstboot")
+# DigitalOcean takes at most 64 KiB of user data: more did not come from it.
+DATA_MAX = 64 * 1024
 _MAX_ID = 2**63 - 1
 
 
@@ -140,39 +151,57 @@ def _ssh_keys(document: Mapping[str, Any], rejections: list[Rejection]) -> list[
         return []
     if isinstance(value, str):
         # Older droplets give one string (possibly several lines) instead of a list.
-        keys, refused = parse_default_user_keys(value.split("\n"), "public_keys")
+        found, refused = parse_default_user_keys(value.split("\n"), "public_keys")
         rejections += refused
-        return keys
+        return found
     if not isinstance(value, list):
         rejections += Rejection.holding(
             "public_keys", f"is {json_type(value)}, not a list; keys kept as they are", ("accounts",)
         )
         return []
-    lines: list[str] = []
+    keys: list[SshKey] = []
     for number, item in enumerate(value, start=1):
-        if isinstance(item, str):
-            lines.append(item)
+        if not isinstance(item, str):
+            # The list cannot be trusted to be complete: accounts keep what they have.
+            rejections += Rejection.holding(
+                f"public_keys key {number}",
+                f"is {json_type(item)}, not a string; keys kept as they are",
+                ("accounts",),
+            )
             continue
-        # The list cannot be trusted to be complete: accounts keep what they have.
-        rejections += Rejection.holding(
-            f"public_keys key {number}",
-            f"is {json_type(item)}, not a string; keys kept as they are",
-            ("accounts",),
-        )
-        lines.append("")  # keeps the numbering of the keys after it
-    keys, refused = parse_default_user_keys(lines, "public_keys")
-    rejections += refused
+        # An entry of several lines is several key lines (what sshd would read, had it been
+        # written out as given): each is checked, and refused, on its own.
+        lines = item.split("\n")
+        for line_number, line in enumerate(lines, start=1):
+            where = f"public_keys key {number}" + (f" line {line_number}" if len(lines) > 1 else "")
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                keys.append(key_for_user(None, line.rstrip("\r")))
+            except Invalid as exc:
+                rejections.append(Rejection(where, str(exc)))
     return keys
 
 
-def _data(document: Mapping[str, Any], field: str, rejections: list[Rejection]) -> bytes | None:
+def _data(
+    document: Mapping[str, Any], field: str, readers: tuple[str, ...], rejections: list[Rejection]
+) -> bytes | None:
+    """User or vendor data; what cannot be used holds only its `readers`."""
     value = document.get(field)
     if value is None or value == "":
         return None
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    rejections += Rejection.holding(field, f"is {json_type(value)}, not a string; kept as it was", (_DATA,))
-    return None
+    if not isinstance(value, str):
+        rejections += Rejection.holding(
+            field, f"is {json_type(value)}, not a string; kept as it was", readers
+        )
+        return None
+    data = value.encode("utf-8", "surrogateescape")
+    if len(data) > DATA_MAX:
+        rejections += Rejection.holding(
+            field, f"is larger than {DATA_MAX} bytes (DigitalOcean's limit); kept as it was", readers
+        )
+        return None
+    return data
 
 
 def netmask_prefix(text: str) -> int:
@@ -482,8 +511,8 @@ def parse_digitalocean(document: object) -> InstanceMetadata:
     interfaces, anchor = _interfaces(document, rejections)
     hostname = _hostname(document, rejections)
     dns = _nameservers(document, rejections)
-    user_data = _data(document, "user_data", rejections)
-    vendor_data = _data(document, "vendor_data", rejections)
+    user_data = _data(document, "user_data", _USER_DATA_READERS, rejections)
+    vendor_data = _data(document, "vendor_data", (_DATA,), rejections)
     floating = _active_ip(document, "floating_ip", "ipv4", 4, rejections)
     reserved = _active_ip(document, "reserved_ip", "ipv4", 4, rejections)
     extras = DigitalOceanExtras(

@@ -56,8 +56,10 @@ network without an address or mask) holds "network", "nics" and "hostname"
 half-read static network could strip a NIC of the address it needs. A
 network the agent does not handle (unknown type, on a bond or VLAN link, on
 a link that is not listed) is refused on its own and the rest applies.
-Wrong-typed keys hold "accounts"; unreadable user or vendor data hold
-"scripts"; a wrong-typed hostname holds "hostname".
+Wrong-typed keys hold "accounts"; unreadable user data holds "scripts" and
+"firstboot" (what reads it), unreadable vendor data "scripts"; a wrong-typed
+hostname holds "hostname". A key text listed in both public_keys and keys[]
+(Nova lists every key pair in both) is read once: a bad line is refused once.
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ MAX_META = 1024
 _NETWORK = ("network", "nics", "hostname")
 # The subsystem that runs what user data and vendor data ask for.
 _DATA = "scripts"
+# What reads user data: scripts, and first boot (`[FirstBoot] run_user_data`), as on EC2.
+_USER_DATA_READERS = (_DATA, "firstboot")
 # What only OpenStack has and nobody acts on yet (extras).
 _EXTRAS = "instance_setup"
 
@@ -309,6 +313,9 @@ def _key_lines(value: str, where: str, rejections: list[Rejection]) -> list[SshK
 
 def _ssh_keys(meta: Mapping[str, object], rejections: list[Rejection]) -> list[SshKey]:
     keys: list[SshKey] = []
+    # Nova lists each key pair twice (public_keys and keys[]): a text is read once, so a
+    # bad line is refused once, not once per list.
+    read: set[str] = set()
     public = meta.get("public_keys")
     where = f"{META_DATA} public_keys"
     # Names are shown by their position only: a mis-pasted key could be one.
@@ -316,7 +323,9 @@ def _ssh_keys(meta: Mapping[str, object], rejections: list[Rejection]) -> list[S
         for number, value in enumerate(public.values(), start=1):
             place = f"{where} entry {number}"
             if isinstance(value, str):
-                keys += _key_lines(value, place, rejections)
+                if value not in read:
+                    read.add(value)
+                    keys += _key_lines(value, place, rejections)
             elif value is not None:
                 rejections += Rejection.holding(
                     place,
@@ -344,7 +353,9 @@ def _ssh_keys(meta: Mapping[str, object], rejections: list[Rejection]) -> list[S
                 continue  # x509 certificates (Nova's other key-pair type) are not SSH keys
             data = entry.get("data")
             if isinstance(data, str):
-                keys += _key_lines(data, place, rejections)
+                if data not in read:
+                    read.add(data)
+                    keys += _key_lines(data, place, rejections)
             else:
                 rejections += Rejection.holding(
                     f"{place} data",
@@ -703,7 +714,7 @@ def _read_links(doc: Mapping[str, object]) -> tuple[dict[str, _Nic], dict[str, _
 
 def _user_data(raw: bytes | Unreadable | None, rejections: list[Rejection]) -> bytes | None:
     if isinstance(raw, Unreadable):
-        rejections += Rejection.holding(USER_DATA, f"{raw.reason}; kept as it was", (_DATA,))
+        rejections += Rejection.holding(USER_DATA, f"{raw.reason}; kept as it was", _USER_DATA_READERS)
         return None
     return raw
 
