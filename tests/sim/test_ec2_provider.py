@@ -232,6 +232,15 @@ def test_truncated_body_is_refused(make_simulator: Any, open_source: Open) -> No
         open_source(sim).get()
 
 
+def test_a_404_cut_short_is_no_absent_file(make_simulator: Any, open_source: Open) -> None:
+    # No user data (V2 has none): its 404, cut short, must not let a snapshot of the rest through.
+    sim = make_simulator(V2, platforms=("ec2",))
+    assert open_source(sim).get().metadata.user_data is None
+    sim.add_fault("user-data", kind="truncate", fraction=0.3)
+    with pytest.raises(MetadataUnavailable, match="cut short"):
+        open_source(sim).get()
+
+
 def test_watch_sees_a_changed_key_and_nothing_when_unchanged(
     make_simulator: Any, open_source: Open, watchers: list[Watcher]
 ) -> None:

@@ -210,8 +210,11 @@ class Ec2Metadata:
                     body = _read(response, limit, path)
                     _refuse_html(response, body if check_body else b"", path)
                     return body
-            if status == 404:
-                return None
+                if status == 404:
+                    # "Absent" only once the answer is whole: a 404 cut short is a broken
+                    # answer, and a snapshot must not be assembled around it.
+                    _read(response, http.NOT_FOUND_MAX, f"{path} (HTTP 404)")
+                    return None
             if status == 401 and attempt == 1:
                 self._drop_token()
                 continue
