@@ -503,6 +503,9 @@ class InMemoryFileSystem:
             self.writes[guest] += 1
             self.operations.append(("write_atomic", guest))
 
+    def sweep_user_file(self, home: str, relative: str) -> int:
+        return 0  # writes here are atomic: nothing is ever left behind
+
     def write_user_file(
         self, home: str, relative: str, data: str, *, mode: int, dir_mode: int, uid: int, gid: int
     ) -> None:

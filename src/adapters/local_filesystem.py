@@ -25,14 +25,17 @@ def _temp_pattern(name: str) -> re.Pattern[str]:
     return re.compile(re.escape(f".{name}.") + r"[0-9a-f]{8}\.tmp")
 
 
-def _sweep_temps(dir_fd: int, name: str) -> None:
+def _sweep_temps(dir_fd: int, name: str) -> int:
     """Remove temp files an earlier write of `name` left when it was killed before its
     rename. Only names of our exact pattern go; whatever else is in the folder stays."""
     pattern = _temp_pattern(name)
+    swept = 0
     for entry in os.listdir(dir_fd):
         if pattern.fullmatch(entry):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry, dir_fd=dir_fd)
+                swept += 1
+    return swept
 
 
 class LocalFileSystem:
@@ -154,6 +157,24 @@ class LocalFileSystem:
             except FileNotFoundError:
                 pass
             self._write_in_dir(fd, name, data.encode("utf-8", "surrogateescape"), mode, uid, gid, None, None)
+        finally:
+            os.close(fd)
+
+    def sweep_user_file(self, home: str, relative: str) -> int:
+        *dirs, name = relative.split("/")
+        try:
+            fd = os.open(self.host_path(home), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return 0
+        try:
+            for part in dirs:
+                try:
+                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError:  # missing, a symlink or not a folder: nothing of ours there
+                    return 0
+                os.close(fd)
+                fd = child
+            return _sweep_temps(fd, name)
         finally:
             os.close(fd)
 

@@ -63,6 +63,12 @@ class FileSystem(Protocol):
         """
         ...
 
+    def sweep_user_file(self, home: str, relative: str) -> int:
+        """Remove what interrupted writes of `home/relative` left (their temp files; the next
+        write sweeps them too, but a converged file may never be written again). Returns how
+        many went; a symlink or a missing folder on the way is left alone (returns 0)."""
+        ...
+
     def create_home(self, home: str, skel: str, *, mode: int, uid: int, gid: int) -> None:
         """Make a missing home directory and copy the skeleton into it, owned by the user.
 

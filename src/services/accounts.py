@@ -137,11 +137,24 @@ class AccountsSubsystem:
         if ctx.dry_run:
             return Outcome(self.name, tuple(a.describe() for a in planned.actions), wake_at=want.next_expiry)
         done, failures = apply(ctx, planned.actions, have.users)
+        if scope is None:
+            sweep_leftovers(ctx, have)
         # Only a clean pass may narrow the next one: after a failure, look at everything again.
         self._settled = want.keys if not failures else None
         if not failures:
             report_sshable(ctx)
         return Outcome(self.name, tuple(done), tuple(failures), wake_at=wake)
+
+
+def sweep_leftovers(ctx: Context, have: domain.AccountsCurrent) -> None:
+    """On a full pass: the temp files of keys-file writes an agent killed mid-write left. The
+    next write of a file sweeps them, but a file already as wanted is not written again."""
+    swept = 0
+    for name, state in have.keys_files.items():
+        if state.home_exists and not state.ssh_dir_is_symlink and name in have.users:
+            swept += ctx.fs.sweep_user_file(have.users[name].home, ".ssh/authorized_keys")
+    if swept:
+        ctx.log.info("removed %d temp files interrupted writes of authorized_keys left", swept)
 
 
 def apply(

@@ -147,6 +147,31 @@ def test_temp_files_a_killed_write_left_are_cleaned_up(sandbox: Path, run_agent)
     assert sorted(os.listdir(sandbox / "var/lib/google")) == ["google_users"]
 
 
+def test_temp_files_beside_a_file_never_written_again_go_at_the_next_start(
+    sandbox: Path, run_agent, tmp_path: Path
+) -> None:
+    # A killed write of alice's file, whose content another pass then settled: nothing
+    # writes that file again, so the next start's full pass sweeps what was left.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".authorized_keys.0badf00d.tmp").write_text("not the agent's to remove")
+    with Simulator(scenario({"alice": [ED25519], "bob": [ED25519_BOB]})) as sim:
+        assert run_agent("run", "--once", url=sim.url("gce")).returncode == 0
+        alice = sandbox / "home/alice/.ssh"
+        (alice / ".authorized_keys.0badf00d.tmp").write_text("half a key")
+        (alice / ".authorized_keys.tmp").write_text("not the agent's pattern\n")
+        bob = sandbox / "home/bob/.ssh"
+        for name in os.listdir(bob):
+            (bob / name).unlink()
+        bob.rmdir()
+        bob.symlink_to(elsewhere)  # never followed, not even to sweep
+        result = run_agent("run", "--once", url=sim.url("gce"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(os.listdir(alice)) == [".authorized_keys.tmp", "authorized_keys"]
+    assert (elsewhere / ".authorized_keys.0badf00d.tmp").exists()
+    assert "removed 1 temp files" in result.stdout + result.stderr
+
+
 def _consistent(sandbox: Path, users: list[str]) -> None:
     for user in users:
         entry = passwd_entry(sandbox, user)
