@@ -391,9 +391,10 @@ def deferred_plan(
     present = set(ssh_dir_names)
     types = [t for t in pending_key_types(pending_text) if host_key_path(t).rsplit("/", 1)[1] not in present]
     actions: list[Action] = [GenerateHostKey(t, low_priority=True) for t in types]
-    actions.append(ClearPendingHostKeys(PENDING_HOST_KEYS_PATH))
     if types and can_publish:
         actions.append(PublishHostKeys())
+    # Last: the record going says all is done (a key made already is not made again).
+    actions.append(ClearPendingHostKeys(PENDING_HOST_KEYS_PATH))
     return tuple(actions)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import attrs
 
@@ -29,11 +29,13 @@ from guestagent.domain.config import DEFAULT_CONFIG_PATH, Config, ConfigLayer, l
 from guestagent.domain.waagent_conf import WAAGENT_CONF, insert_waagent
 from guestagent.ports.commands import CommandRunner
 from guestagent.ports.metadata import GuestAttributes, MetadataSource
-from guestagent.ports.netlink import Netlink
 from guestagent.services.context import Context
 from guestagent.services.reconcile import Scheduler
 from guestagent.services.registry import LANES, all_subsystems
 from guestagent.services.subsystem import Subsystem
+
+if TYPE_CHECKING:
+    from guestagent.ports.netlink import Netlink
 
 log = logging.getLogger("guestagent")
 

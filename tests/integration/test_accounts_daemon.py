@@ -163,7 +163,8 @@ def test_a_swallowed_guest_attribute_write_does_not_hold_shutdown(sandbox: Path,
     """SIGTERM waits for the pass under way; a PUT the server never answers keeps it short."""
     with Simulator(scenario({"alice": [ED25519]})) as sim:
         daemon = start_daemon(sim.url("gce"))
-        wait_until(lambda: "watching for metadata changes" in daemon.log(), timeout=20)
+        # After READY, the RSA host key is made and published: that pass is over first.
+        wait_until(lambda: "no host key left to make" in daemon.log(), timeout=60)
         sim.add_fault("instance/guest-attributes/*", kind="blackhole", method="PUT")
         sim.set("instance/attributes/ssh-keys", ssh_keys_value({"alice": [RSA]}))
         wait_until(lambda: sim.faults()[0]["hits"] >= 1, timeout=30)  # the sshable PUT is held

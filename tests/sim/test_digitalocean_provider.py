@@ -131,7 +131,7 @@ def test_get_reads_the_droplet(sim: Simulator, open_source: Open) -> None:
 
 def test_the_registry_opens_it_from_provider_options(sim: Simulator) -> None:
     spec = provider("digitalocean")
-    assert spec in PROVIDERS and spec.default_url == transport.DEFAULT_URL
+    assert spec is transport.PROVIDER and spec.default_url == transport.DEFAULT_URL
     config = Config(DigitalOcean=DigitalOcean(poll_interval=3.0))
     source = spec.open(ProviderOptions(url=sim.url("digitalocean"), config=config, backoff_max=1.0))
     try:

@@ -240,8 +240,8 @@ def test_deferred_plan() -> None:
     assert setup.deferred_plan(None, (), can_publish=True) == ()
     assert _kinds(setup.SetupPlan(setup.deferred_plan("rsa\n", (), can_publish=True))) == [
         "GenerateHostKey",
-        "ClearPendingHostKeys",
         "PublishHostKeys",
+        "ClearPendingHostKeys",
     ]
     # a record with nothing usable in it is only removed
     assert _kinds(setup.SetupPlan(setup.deferred_plan("junk!\n", (), can_publish=True))) == [

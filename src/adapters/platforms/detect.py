@@ -18,10 +18,17 @@ is left to end on its own) and never holds boot for minutes on a machine where
 the platform is absent (cloud-init #6641). A hint or probe that raises is a
 failed attempt, recorded in the error message, never a crash. One log line
 says what was chosen and why.
+
+The registry's platforms are imported as detection reaches them: DMI imports
+only each platform's pure parser module; when DMI matches nothing, the
+platforms with local or network hints are imported before the bound starts;
+the chosen one is imported after the line saying why (on a TCG guest its
+transport's import takes seconds, and that line tells the agent is up).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -34,7 +41,7 @@ from typing import Generic, TypeVar
 import attrs
 
 from guestagent.adapters.platforms.registry import PROVIDERS
-from guestagent.adapters.platforms.spec import ProviderOptions, ProviderSpec
+from guestagent.adapters.platforms.spec import Provider, ProviderOptions, ProviderSpec
 
 log = logging.getLogger("guestagent")
 
@@ -190,8 +197,9 @@ class _Call(Generic[T]):
         return self
 
 
-def _wait(done: threading.Condition, ready: Callable[[], bool], deadline: float,
-          clock: Callable[[], float]) -> bool:
+def _wait(
+    done: threading.Condition, ready: Callable[[], bool], deadline: float, clock: Callable[[], float]
+) -> bool:
     """Wait (holding `done`) until ready() or the deadline; True when ready() held."""
     while not ready():
         remaining = deadline - clock()
@@ -206,20 +214,24 @@ def _wait(done: threading.Condition, ready: Callable[[], bool], deadline: float,
 # -- the stages ------------------------------------------------------------------------------
 
 
-def _configured(options: ProviderOptions, providers: Sequence[ProviderSpec]) -> Detection | None:
+# What a stage found: the platform, not yet imported (detection logs before it imports), and why.
+_Found = tuple[Provider, str]
+
+
+def _configured(options: ProviderOptions, providers: Sequence[Provider]) -> _Found | None:
     name = options.config.Core.platform.strip().lower()
     if name in ("", "auto"):
         return None
     for spec in providers:
         if spec.name == name:
-            return Detection(spec, CONFIGURED_REASON)
+            return spec, CONFIGURED_REASON
     known = ", ".join(spec.name for spec in providers)
     raise DetectionFailed(
         f"[Core] platform = {options.config.Core.platform!r} is not a known platform; known: auto, {known}"
     )
 
 
-def _by_dmi(dmi: Mapping[str, str], providers: Sequence[ProviderSpec]) -> tuple[Detection | None, str]:
+def _by_dmi(dmi: Mapping[str, str], providers: Sequence[Provider]) -> tuple[_Found | None, str]:
     errors: list[str] = []
     for spec in providers:
         if spec.dmi is None:
@@ -230,16 +242,16 @@ def _by_dmi(dmi: Mapping[str, str], providers: Sequence[ProviderSpec]) -> tuple[
             errors.append(f"{spec.name}: {failure_reason(exc)}")
             continue
         if reason:
-            return Detection(spec, reason), ""
+            return (spec, reason), ""
     return None, f"no DMI match ({'; '.join([_dmi_summary(dmi), *errors])})"
 
 
 def _by_local(
     options: ProviderOptions,
-    providers: Sequence[ProviderSpec],
+    providers: Sequence[Provider],
     deadline: float,
     clock: Callable[[], float],
-) -> tuple[Detection | None, str]:
+) -> tuple[_Found | None, str]:
     notes: list[str] = []
     for spec in providers:
         local = spec.local
@@ -258,7 +270,7 @@ def _by_local(
         elif call.error is not None:
             notes.append(f"{spec.name}: {failure_reason(call.error)}")
         elif call.result:
-            return Detection(spec, call.result), ""
+            return (spec, call.result), ""
         else:
             notes.append(f"{spec.name}: none found")
     if not notes:
@@ -268,10 +280,10 @@ def _by_local(
 
 def _by_probe(
     options: ProviderOptions,
-    providers: Sequence[ProviderSpec],
+    providers: Sequence[Provider],
     deadline: float,
     clock: Callable[[], float],
-) -> tuple[Detection | None, str]:
+) -> tuple[_Found | None, str]:
     probing = [(spec, spec.probe) for spec in providers if spec.probe is not None]
     if not probing:
         return None, "no network probes"
@@ -279,7 +291,7 @@ def _by_probe(
     if remaining <= 0:
         return None, "probes: not started, out of time"
     done = threading.Condition()
-    calls: list[tuple[ProviderSpec, _Call[str | None]]] = []
+    calls: list[tuple[Provider, _Call[str | None]]] = []
     with done:
         for spec, probe in probing:
             call: _Call[str | None] = _Call(
@@ -302,7 +314,7 @@ def _by_probe(
     notes: list[str] = []
     for spec, finished, result, error in outcomes:
         if finished and error is None and result:
-            return Detection(spec, result), ""
+            return (spec, result), ""
         if not finished:
             notes.append(f"{spec.name}: timed out")
         elif error is not None:
@@ -312,9 +324,20 @@ def _by_probe(
     return None, "probes: " + ", ".join(notes)
 
 
+def _import_hinted(providers: Sequence[Provider]) -> None:
+    """Import the platforms with a local or network hint, before the bound starts: on a slow
+    guest (TCG) their imports took seconds, which must not eat the time the hints are given
+    (they were all imported at start before the registry became lazy)."""
+    for spec in providers:
+        if spec.local is not None or spec.probe is not None:
+            # A module that fails to import fails again in its hint's thread, and is recorded there.
+            with contextlib.suppress(Exception):
+                spec.load()
+
+
 def detect(
     options: ProviderOptions,
-    providers: Sequence[ProviderSpec] = PROVIDERS,
+    providers: Sequence[Provider] = PROVIDERS,
     *,
     timeout: float | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -324,15 +347,16 @@ def detect(
     `timeout` (default ``[Core] detect_timeout``) bounds the whole call: hints and
     probes still running when it is up are abandoned in their daemon threads.
     """
-    started = clock()
     budget = options.config.Core.detect_timeout if timeout is None else timeout
-    deadline = started + max(0.0, budget)
-
     found = _configured(options, providers)
     tried: list[str] = []
     if found is None:
         found, note = _by_dmi(read_dmi(options.root), providers)
         tried.append(note)
+    if found is None:
+        _import_hinted(providers)
+    started = clock()
+    deadline = started + max(0.0, budget)
     if found is None:
         found, note = _by_local(options, providers, deadline, clock)
         tried.append(note)
@@ -346,8 +370,9 @@ def detect(
             "set [Core] platform to name one",
             tried,
         )
-    log.info("platform %s: %s", found.spec.name, found.reason)
-    return found
+    spec, reason = found
+    log.info("platform %s: %s", spec.name, reason)
+    return Detection(spec.load(), reason)
 
 
 def describe(detection: Detection) -> str:
@@ -357,7 +382,7 @@ def describe(detection: Detection) -> str:
 
 def detect_command_output(
     options: ProviderOptions,
-    providers: Sequence[ProviderSpec] = PROVIDERS,
+    providers: Sequence[Provider] = PROVIDERS,
     *,
     timeout: float | None = None,
 ) -> tuple[int, str]:

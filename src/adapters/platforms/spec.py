@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
 from guestagent.domain.config import Config
 from guestagent.ports.metadata import MetadataSource
-from guestagent.ports.netlink import Netlink
+
+if TYPE_CHECKING:
+    from guestagent.ports.netlink import Netlink
 
 
 @attrs.frozen
@@ -26,6 +29,12 @@ class ProviderOptions:
     netlink: Callable[[], Netlink] | None = None
 
 
+# The three hints detection asks, in this order (see ProviderSpec).
+DmiHint = Callable[[Mapping[str, str]], str | None]
+LocalHint = Callable[[ProviderOptions], str | None]
+Probe = Callable[[ProviderOptions, float], str | None]
+
+
 @attrs.frozen
 class ProviderSpec:
     """One platform, as the registry and detection see it.
@@ -39,8 +48,33 @@ class ProviderSpec:
     name: str
     open: Callable[[ProviderOptions], MetadataSource]
     default_url: str | None = None
-    dmi: Callable[[Mapping[str, str]], str | None] | None = None
-    local: Callable[[ProviderOptions], str | None] | None = None
-    probe: Callable[[ProviderOptions, float], str | None] | None = None
+    dmi: DmiHint | None = None
+    local: LocalHint | None = None
+    probe: Probe | None = None
     # The source also implements ports.metadata.GuestAttributes (a write-back channel).
     guest_attributes: bool = False
+
+    def load(self) -> ProviderSpec:
+        """Itself: a spec is loaded already (see Provider)."""
+        return self
+
+
+class Provider(Protocol):
+    """A platform as detection sees it: a ProviderSpec, or a registry line that imports
+    the platform's modules only once they are needed (registry.LazyProvider)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dmi(self) -> DmiHint | None: ...
+
+    @property
+    def local(self) -> LocalHint | None: ...
+
+    @property
+    def probe(self) -> Probe | None: ...
+
+    def load(self) -> ProviderSpec:
+        """The platform's ProviderSpec, its transport imported."""
+        ...
