@@ -18,7 +18,8 @@ hits both.  Figures are medians over the runs, with min-max.
    (/proc/PID/smaps_rollup), beside python3 alone and python3 + requests in the
    same chroot; CPU seconds and metadata requests over an idle window.
 4. exec to the first metadata request (the simulator's request log).
-5. boot to SSH in a TCG guest (tools/bench_boot.py): no agent (key baked in), ours.
+5. boot to SSH in a TCG guest (tools/bench_boot.py): no agent (two floors), ours, Google's,
+   cloud-init.
 
 Writes a JSON file and a PNG chart (paths printed).  Needs root.
 """
@@ -44,6 +45,9 @@ from tools import bench_guest as bg
 from tools.bench_peer import GO, dpkg_version
 
 DEFAULT_OUT = Path("build/bench")
+# The table's columns: ours, the --baseline tree's agent, Google's, the floors.
+DAEMONS = ("ours", "base", "go")
+AGENT_COLUMNS = (*DAEMONS, "floor")
 
 
 def _failures() -> tuple[type[BaseException], ...]:
@@ -166,8 +170,7 @@ def _steady_run(
         bg.log(
             f"reaction run {run + 1}/{runs}: "
             + ", ".join(
-                f"{g.kind.label} p50 "
-                f"{statistics.median(result[g.kind.key]['reaction_ms'][-trials:]):.1f} ms"
+                f"{g.kind.label} p50 {statistics.median(result[g.kind.key]['reaction_ms'][-trials:]):.1f} ms"
                 for g in guests
             )
         )
@@ -308,11 +311,16 @@ def build_report(data: dict[str, Any]) -> dict[str, Any]:
 def print_table(rep: dict[str, Any]) -> None:
     """One column per agent; the floor column holds the floor that fits each row."""
     agents = rep["agents"]
-    cols = [k for k in ("ours", "go", "floor") if k in agents or k == "floor"]
-    heads = {"ours": agents.get("ours", "ours"), "go": agents.get("go", "Go"), "floor": "floor"}
+    cols = [k for k in AGENT_COLUMNS if k in agents or k == "floor"]
+    heads = {
+        "ours": agents.get("ours", "ours"),
+        "base": "baseline",
+        "go": agents.get("go", "Go"),
+        "floor": "floor",
+    }
     width, colw = 34, 27
     print()
-    print(f"{'':{width}}" + "".join(f"{heads[k][:colw - 1]:>{colw}}" for k in cols))
+    print(f"{'':{width}}" + "".join(f"{heads[k][: colw - 1]:>{colw}}" for k in cols))
     print("-" * (width + colw * len(cols)))
 
     def row(label: str, values: dict[str, str]) -> None:
@@ -333,7 +341,7 @@ def print_table(rep: dict[str, Any]) -> None:
         row("  (floor: N x useradd in a shell)", {})
     st = rep.get("steady", {})
     if st:
-        shown = {k: v for k, v in st.items() if k in ("ours", "go")}
+        shown = {k: v for k, v in st.items() if k in DAEMONS}
         if "pollfloor" in st:
             shown["floor"] = st["pollfloor"]
         row("reaction p50 (ms)", {k: _fmt(v["reaction_p50_ms"], ".1f") for k, v in shown.items()})
@@ -344,7 +352,7 @@ def print_table(rep: dict[str, Any]) -> None:
             row("  (floor: long poll + write, python3)", {})
         floors = rep.get("floors", {})
         for metric, label in (("rss_mib", "RSS"), ("pss_mib", "PSS"), ("anon_mib", "anonymous")):
-            values = {k: cell(st[k][metric], ".1f") for k in ("ours", "go") if k in st}
+            values = {k: cell(st[k][metric], ".1f") for k in DAEMONS if k in st}
             if "python3+requests" in floors:
                 values["floor"] = cell(floors["python3+requests"][metric], ".1f")
             row(f"{label} settled N=50 (MiB)", values)
@@ -358,14 +366,18 @@ def print_table(rep: dict[str, Any]) -> None:
             )
         if "idle_seconds" in rep:
             secs = rep["idle_seconds"]
-            idle = {k: v.get("idle", {}) for k, v in st.items() if k in ("ours", "go")}
+            idle = {k: v.get("idle", {}) for k, v in st.items() if k in DAEMONS}
             row(f"idle {secs:.0f} s: CPU s", {k: _fmt(v.get("cpu_s"), ".2f") for k, v in idle.items()})
             row(f"idle {secs:.0f} s: requests", {k: str(v.get("requests", "-")) for k, v in idle.items()})
     boot = rep.get("boot", {}).get("variants", {})
     if boot:
-        names = {"ours": "ours", "go": "go", "floor": "floor"}
-        row("boot to SSH, TCG (s)", {names[k]: cell(v.get("ssh_s"), ".1f") for k, v in boot.items()})
-        row("  (floor: key baked in, no agent)", {})
+        columns = ("ours", "go", "floor")
+        row("boot to SSH, TCG (s)", {k: cell(v.get("ssh_s"), ".1f") for k, v in boot.items() if k in columns})
+        row("  (floor: no agent; sshd's unit makes host keys)", {})
+        # Not daemon columns: their figures go in the label.
+        for name, label in (("floor-baked", "floor, host keys baked in"), ("cloud-init", "cloud-init (GCE)")):
+            if name in boot:
+                row(f"  {label}: {cell(boot[name].get('ssh_s'), '.1f')}", {})
     print()
 
 
@@ -408,6 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["provision", "steady", "boot", "imports"], action="append")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the JSON and PNG")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run the agent from this copy of src/ (e.g. before a change), interleaved with ours",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="--users 50 --runs 2 --trials 10 --idle 20 --boot-runs 1"
     )
     args = parser.parse_args(argv)
@@ -433,9 +450,14 @@ def main(argv: list[str] | None = None) -> int:
         ours = bg.ours(bg.stage_ours(workdir))
         kinds = [ours] if args.no_peer else [ours, GO]
         data["agents"] = {"ours": "guestagent (this tree)"}
+        if args.baseline:
+            label = f"guestagent ({args.baseline})"
+            kinds.insert(1, bg.ours(bg.stage_ours(workdir, args.baseline, "base"), "base", label))
+            data["agents"]["base"] = label
         if not args.no_peer:
             data["agents"]["go"] = f"google-guest-agent {peer_version(tar)}"
         keys = bg.make_keys(max(sizes), workdir)
+
         def save() -> None:
             json_path.write_text(json.dumps(data, indent=1, default=str))
 

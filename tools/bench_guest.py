@@ -164,12 +164,13 @@ def prerequisites() -> str:
 SITE = "/usr/lib/python3/dist-packages"
 
 
-def stage_ours(workdir: Path) -> Path:
-    """src/ as the package ``guestagent``, byte-compiled by Debian's python3 once."""
-    stage = workdir / "ours-stage" / "guestagent"
+def stage_ours(workdir: Path, src: Path = REPO / "src", name: str = "ours") -> Path:
+    """``src`` (this tree's src/ by default) as the package ``guestagent``, byte-compiled
+    by Debian's python3 once."""
+    stage = workdir / f"{name}-stage" / "guestagent"
     if stage.exists():
         shutil.rmtree(stage)
-    shutil.copytree(REPO / "src", stage, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(src, stage, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     # py3compile does this at install; -d makes the recorded paths the installed ones.
     subprocess.run(
         ["/usr/bin/python3", "-m", "compileall", "-q", "-d", f"{SITE}/guestagent", str(stage)],
@@ -189,10 +190,10 @@ def install_ours(stage: Path) -> Callable[[chroot_mod.Chroot], None]:
     return prepare
 
 
-def ours(stage: Path) -> AgentKind:
+def ours(stage: Path, key: str = "ours", label: str = "guestagent") -> AgentKind:
     return AgentKind(
-        key="ours",
-        label="guestagent",
+        key=key,
+        label=label,
         argv=("/usr/bin/guestagent", "daemon"),
         marker="/usr/bin/guestagent",
         prepare=install_ours(stage),

@@ -17,6 +17,7 @@ the .deb does):
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import time
@@ -50,8 +51,9 @@ def dump(*_):
             name = stat.traceback[0].filename
             files[name] = files.get(name, 0) + stat.size
         out["files"] = sorted(files.items(), key=lambda x: -x[1])[:60]
-    with open("/bench/probe.json", "w") as handle:
+    with open("/bench/probe.json.tmp", "w") as handle:
         json.dump(out, handle)
+    os.rename("/bench/probe.json.tmp", "/bench/probe.json")  # whole, or not there yet
 
 import json
 signal.signal(signal.SIGUSR1, dump)
@@ -69,9 +71,12 @@ STEPS = (
     ("guestagent.domain (config, gce)", "import guestagent.domain.config, guestagent.domain.platforms.gce"),
     ("guestagent.entrypoints.cli", "import guestagent.entrypoints.cli"),
     ("guestagent.entrypoints.daemon", "import guestagent.entrypoints.daemon"),
+    ("the chosen platform's transport (gce)", "import guestagent.adapters.platforms.gce"),
     ("all subsystems", "import guestagent.services.registry as r; r.all_subsystems()"),
-    ("pyroute2 IPRoute (as the agent imports it)",
-     "from guestagent.adapters.pyroute2_lite import iproute; iproute()[0]().close()"),
+    (
+        "pyroute2 IPRoute (as the agent imports it)",
+        "from guestagent.adapters.pyroute2_lite import iproute; iproute()[0]().close()",
+    ),
 )
 
 STEP_SCRIPT = r"""
@@ -127,14 +132,14 @@ def import_costs(tar: Path, workdir: Path, ours: bg.AgentKind) -> dict[str, Any]
         g.provision(where / "procs.log")
         g.settle()
         assert g.pid is not None
-        import os
-
         os.kill(g.pid, signal.SIGUSR1)
         path = g.root.path("/bench/probe.json")
-        deadline = time.monotonic() + 60
+        # A snapshot of every traced allocation takes a while on a loaded machine.
+        deadline = time.monotonic() + 300
         while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
-        time.sleep(0.5)
+        if not path.exists():
+            raise bg.BenchError(f"the tracemalloc probe wrote nothing within 300 s: {g.tail()}")
         settled = json.loads(path.read_text())
     step_rows = json.loads(steps.stdout)
     rows, last = [], None
@@ -187,19 +192,24 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--json", type=Path, help="write everything here")
+    parser.add_argument(
+        "--src", type=Path, default=bg.REPO / "src", help="the src/ to measure (default: this tree's)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="guestagent-imports-") as tmp:
         workdir = Path(tmp)
         tar = bg.rootfs_tar(workdir)
-        result = import_costs(tar, workdir, bg.ours(bg.stage_ours(workdir)))
+        result = import_costs(tar, workdir, bg.ours(bg.stage_ours(workdir, args.src)))
     print(f"{'step':50} {'RSS':>8} {'anon':>8} {'+RSS':>8} {'+anon':>8} {'ms':>7}")
     for row in result["steps"]:
         print(
             f"{row['step']:50} {row['rss_mib']:8.1f} {row['anon_mib']:8.1f} "
             f"{row['added_rss_mib'] or 0:8.1f} {row['added_anon_mib'] or 0:8.1f} {row['ms']:7.1f}"
         )
-    print(f"\nsettled daemon: {result['settled_modules']} modules, "
-          f"{len(result['settled_agent_modules'])} of them guestagent; traced {result['traced_mib']:.1f} MiB")
+    print(
+        f"\nsettled daemon: {result['settled_modules']} modules, "
+        f"{len(result['settled_agent_modules'])} of them guestagent; traced {result['traced_mib']:.1f} MiB"
+    )
     print("top-level packages:", " ".join(result["settled_other_top_packages"]))
     print("\nlive Python memory by the agent's import line (cumulative, KiB):")
     for name, line, size in result["import_lines"][:40]:

@@ -466,7 +466,9 @@ import json, os, signal, sys
 from guestagent.entrypoints import cli
 from guestagent.entrypoints import bootstrap  # noqa: F401  (imported before any fork)
 from guestagent.services.registry import all_subsystems
-import guestagent.adapters.platforms.registry  # noqa: F401
+from guestagent.adapters.platforms.registry import NAMES, provider
+for name in NAMES:  # the registry imports a platform only when chosen: every one, once, here
+    provider(name)
 all_subsystems()
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
 sys.stdout.write("ready\n"); sys.stdout.flush()
