@@ -58,7 +58,7 @@ def bench(session: nox.Session) -> None:
     """Ours beside Google's Go agent (Debian's google-guest-agent), same machine, same
     scenario, interleaved runs: cold provisioning (N=50, 500), reaction to one key change,
     footprint of the settled daemon on Debian's python3, exec to first metadata request,
-    boot to SSH in TCG guests. Needs root; about 45 min (`-- --quick`: ~6 min).
+    boot to SSH in TCG guests. Needs root; 31-45 min with the load (`-- --quick`: ~12 min).
     Prints a table, writes build/bench/bench-STAMP.json and .png (docs/benchmarks.md)."""
     _system_packages(session, VM_PACKAGES + DEB_PACKAGES)
     _install(session)
