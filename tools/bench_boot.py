@@ -244,7 +244,7 @@ def inspect_guest(vm: Any, name: str) -> dict[str, Any]:
 
 def go_image(cache_dir: Path, workdir: Path) -> Any:
     """The harness's guest base with Debian's google-guest-agent (and not ours), cached."""
-    from guestsim.vm import rootfs
+    from guestsim.vm import image, rootfs
 
     base = rootfs.ensure_rootfs(rootfs.GUEST_BASE, cache_dir)
     debdir = workdir / "go-deb"
@@ -257,7 +257,7 @@ def go_image(cache_dir: Path, workdir: Path) -> Any:
 
     def install(root: Path) -> None:
         shutil.copy2(deb, root / "tmp" / deb.name)
-        _chroot(root, "dpkg", "-i", f"/tmp/{deb.name}")
+        image.chroot(root, "dpkg", "-i", f"/tmp/{deb.name}")
         (root / "tmp" / deb.name).unlink()
         # The same settings as in the chroot benchmark (no hwclock, no tuning scripts).
         (root / "etc/default/instance_configs.cfg").write_text(bg.INSTANCE_CONFIGS)
@@ -268,13 +268,13 @@ def go_image(cache_dir: Path, workdir: Path) -> Any:
 def floor_baked_image(cache_dir: Path) -> Any:
     """The harness's guest base with no agent and its host keys made at build time (what a
     one-off VM, never cloned, may carry): the least any image can take to SSH, cached."""
-    from guestsim.vm import rootfs
+    from guestsim.vm import image, rootfs
 
     base = rootfs.ensure_rootfs(rootfs.GUEST_BASE, cache_dir)
     digest = hashlib.sha256(base.name.encode() + b"bench-floor-baked-v1").hexdigest()[:16]
 
     def bake(root: Path) -> None:
-        _chroot(root, "ssh-keygen", "-A")
+        image.chroot(root, "ssh-keygen", "-A")
 
     return layered_image(cache_dir, "bench-floor-baked-image", base, digest, bake)
 
@@ -338,23 +338,7 @@ def layered_image(
         if paths.complete():
             return paths
         with cache.publishing(final) as scratch:
-            root = scratch / "rootfs"
-            root.mkdir()
-            # Owners and modes must survive: mkfs.ext4 -d copies them into the image.
-            tar = ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*"]
-            subprocess.run([*tar, "-xpf", str(base)], check=True)
-            prepare(root)
-            _authorize_harness(root, scratch / "harness_key")
-            kernels = sorted((root / "boot").glob("vmlinuz-*"))
-            initrds = sorted((root / "boot").glob("initrd.img-*"))
-            if not kernels or not initrds:
-                raise RuntimeError(f"no kernel or initrd in {base.name}")
-            shutil.copy2(kernels[-1], scratch / "vmlinuz")
-            shutil.copy2(initrds[-1], scratch / "initrd.img")
-            disk = scratch / "disk.img"
-            mkfs = ["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(root)]
-            subprocess.run([*mkfs, str(disk), image.DISK_SIZE], check=True)
-            shutil.rmtree(root)
+            image.build_layer(scratch, base, prepare)
         # One image per prefix is enough: older ones were built on an older base (~560 MB each).
         for old in cache_dir.glob(f"{prefix}-*"):
             if old != final:
@@ -362,18 +346,3 @@ def layered_image(
     return image.ImagePaths.at(final, digest)
 
 
-def _authorize_harness(root: Path, key: Path) -> None:
-    """root's key for the harness, which inspects the guest over SSH after the timed login."""
-    keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench-harness"]
-    subprocess.run([*keygen, "-f", str(key)], check=True)
-    ssh_dir = root / "root/.ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    (ssh_dir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
-    os.chmod(ssh_dir / "authorized_keys", 0o600)
-
-
-def _chroot(root: Path, *argv: str) -> None:
-    # A private mount namespace: nothing a maintainer script mounts outlives the command.
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["unshare", "--mount", "--fork", "chroot", str(root), *argv]
-    subprocess.run(command, check=True, env=env, capture_output=True)

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 
 import attrs
@@ -174,6 +174,20 @@ def _prune(cache_dir: Path, keep: Path, newest: int = KEEP_IMAGES) -> None:
 def _build_layer(
     scratch: Path, base: Path, deb_path: Path, network: str = "dhcp", files: Mapping[str, str] | None = None
 ) -> None:
+    def prepare(root: Path) -> None:
+        _install_deb(root, deb_path)
+        _write_distro_config(root)
+        if network == "static":
+            _write_static_interfaces(root)
+        _write_files(root, files or {})
+        _verify_units(root)
+
+    build_layer(scratch, base, prepare)
+
+
+def build_layer(scratch: Path, base: Path, prepare: Callable[[Path], None]) -> None:
+    """An image in `scratch`: the rootfs tarball `base` changed by `prepare(root)`, a root key
+    for the harness, kernel and initrd beside an ext4 disk (also the benchmark's images)."""
     root = scratch / "rootfs"
     root.mkdir()
     try:
@@ -182,12 +196,7 @@ def _build_layer(
             ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", str(base)],
             check=True,
         )
-        _install_deb(root, deb_path)
-        _write_distro_config(root)
-        if network == "static":
-            _write_static_interfaces(root)
-        _write_files(root, files or {})
-        _verify_units(root)
+        prepare(root)
         _authorize_harness(root, scratch / "harness_key")
         _copy_boot_files(root, scratch)
         subprocess.run(
@@ -198,7 +207,7 @@ def _build_layer(
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _chroot(root: Path, *argv: str) -> None:
+def chroot(root: Path, *argv: str) -> None:
     # A private mount namespace: nothing the maintainer scripts might mount
     # outlives the command or shows up on this machine.
     env = {
@@ -215,7 +224,7 @@ def _install_deb(root: Path, deb_path: Path) -> None:
     inside = Path("/tmp") / deb_path.name
     shutil.copy2(deb_path, root / inside.relative_to("/"))
     try:
-        _chroot(root, "dpkg", "-i", str(inside))
+        chroot(root, "dpkg", "-i", str(inside))
     finally:
         (root / inside.relative_to("/")).unlink(missing_ok=True)
 
@@ -248,7 +257,7 @@ def _write_files(root: Path, files: Mapping[str, str]) -> None:
 
 def _verify_units(root: Path) -> None:
     units = [f"/lib/systemd/system/{u}" for u in UNITS]
-    _chroot(root, "systemd-analyze", "verify", *units)
+    chroot(root, "systemd-analyze", "verify", *units)
 
 
 def _authorize_harness(root: Path, key: Path) -> None:
