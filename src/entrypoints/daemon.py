@@ -47,7 +47,9 @@ class Daemon:
         self.backoff_max = backoff_max
         self.scheduler = Scheduler(subsystems, lanes)
         self.stop = stop if stop is not None else threading.Event()
-        self._snapshots: queue.Queue[Snapshot] = queue.Queue()
+        # Snapshots from the watcher; None asks the loop to look again at the current one
+        # (the pass run beside the loop ended, and what it held back may be due).
+        self._snapshots: queue.Queue[Snapshot | None] = queue.Queue()
         # Set by the loop after each pass: the watcher waits for it before asking again.
         self._acted = threading.Event()
 
@@ -145,6 +147,10 @@ class Daemon:
                 return
             self.stop.wait(backoff.next_delay())
 
+    def _after_ready(self, metadata: InstanceMetadata) -> None:
+        self._pass(metadata)
+        self._snapshots.put(None)
+
     def _pass(self, metadata: InstanceMetadata, *, before_ready: bool = False) -> list[Outcome]:
         try:
             outcomes = self.scheduler.run_due(self.ctx, metadata, before_ready=before_ready)
@@ -165,9 +171,14 @@ class Daemon:
         self._pass(snapshot.metadata, before_ready=True)
         sd_notify("READY=1\nSTATUS=provisioned; watching metadata")
         self.ctx.log.info("first pass done; watching for metadata changes")
-        self._pass(snapshot.metadata)  # what waited for READY (first-boot scripts)
         watcher = threading.Thread(target=self._watch, args=(snapshot.etag,), daemon=True)
         watcher.start()
+        # What waited for READY (the RSA host key, first-boot scripts, disks) may take
+        # minutes: it runs beside the loop, so a key added meanwhile is applied at once.
+        after_ready = threading.Thread(
+            target=self._after_ready, args=(snapshot.metadata,), name="after-ready", daemon=True
+        )
+        after_ready.start()
         current = snapshot.metadata
         while not self.stop.is_set():
             timeout = TICK
@@ -175,10 +186,10 @@ class Daemon:
             if wake is not None:
                 timeout = max(0.0, min(TICK, (wake - self.ctx.clock.now()).total_seconds()))
             try:
-                newest = self._snapshots.get(timeout=timeout)
+                items = [self._snapshots.get(timeout=timeout)]
                 while not self._snapshots.empty():  # only the newest matters
-                    newest = self._snapshots.get_nowait()
-                current = newest.metadata
+                    items.append(self._snapshots.get_nowait())
+                current = next((i.metadata for i in reversed(items) if i is not None), current)
             except queue.Empty:
                 wake = self.scheduler.next_wake()
                 if wake is None or wake > self.ctx.clock.now():
@@ -187,6 +198,8 @@ class Daemon:
                 break
             self._pass(current)
             self._acted.set()
+        # A stop waits for the pass under way there too (its commands were ended): no torn work.
+        after_ready.join()
         sd_notify("STOPPING=1")
         # The watcher thread is a daemon thread: a pending long poll must not hold exit.
         self.source.close()

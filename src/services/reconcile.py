@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -36,7 +37,12 @@ class _State:
 
 
 class Scheduler:
-    """Runs a subsystem when its inputs changed, its wake time came, or its retry is due."""
+    """Runs a subsystem when its inputs changed, its wake time came, or its retry is due.
+
+    Passes may run from several threads at once (the daemon runs what waits for READY
+    beside its loop): a lane belongs to one pass at a time, and a pass leaves out the
+    lanes another is running. Whoever started that other pass looks again when it ends.
+    """
 
     def __init__(self, subsystems: Sequence[Subsystem], lanes: Sequence[Sequence[str]] = ()) -> None:
         """`lanes` groups subsystem names that must run one after the other, in that order
@@ -48,6 +54,8 @@ class Scheduler:
         self._lane = {s.name: lane_of.get(s.name, len(lanes) + i) for i, s in enumerate(self.subsystems)}
         self._state: dict[str, _State] = {s.name: _State() for s in self.subsystems}
         self._said = WarnOnce()
+        self._lock = threading.Lock()
+        self._busy: set[int] = set()  # lanes a pass is running
 
     def due(self, metadata: InstanceMetadata, now: datetime) -> list[Subsystem]:
         out = []
@@ -82,10 +90,27 @@ class Scheduler:
             state.retry_at = now + delay
 
     def next_wake(self) -> datetime | None:
-        times = [t for s in self._state.values() for t in (s.wake_at, s.retry_at) if t is not None]
+        """The earliest wake or retry time, leaving out lanes a pass is running: those are
+        looked at when it ends, and a time already past there would make a loop spin."""
+        with self._lock:
+            busy = set(self._busy)
+        times = [
+            t
+            for name, state in self._state.items()
+            if self._lane[name] not in busy
+            for t in (state.wake_at, state.retry_at)
+            if t is not None
+        ]
         return min(times, default=None)
 
     def _run_lane(self, ctx: Context, metadata: InstanceMetadata, lane: list[Subsystem]) -> list[Outcome]:
+        try:
+            return self._run_in_order(ctx, metadata, lane)
+        finally:
+            with self._lock:  # free as soon as it ends, not when the slowest lane of the pass does
+                self._busy.discard(self._lane[lane[0].name])
+
+    def _run_in_order(self, ctx: Context, metadata: InstanceMetadata, lane: list[Subsystem]) -> list[Outcome]:
         outcomes = []
         for subsystem in lane:
             held = metadata.held(subsystem.name)
@@ -113,10 +138,14 @@ class Scheduler:
         scripts): the daemon's first pass, which sshd waits for, does not wait for them.
         """
         lanes: dict[int, list[Subsystem]] = {}
-        for subsystem in self.due(metadata, ctx.clock.now()):
-            if before_ready and getattr(subsystem, "after_ready", False):
-                continue
-            lanes.setdefault(self._lane[subsystem.name], []).append(subsystem)
+        with self._lock:
+            for subsystem in self.due(metadata, ctx.clock.now()):
+                if before_ready and getattr(subsystem, "after_ready", False):
+                    continue
+                lane = self._lane[subsystem.name]
+                if lane not in self._busy:
+                    lanes.setdefault(lane, []).append(subsystem)
+            self._busy.update(lanes)
         if len(lanes) <= 1:
             results = [self._run_lane(ctx, metadata, lane) for lane in lanes.values()]
         else:

@@ -118,14 +118,18 @@ def test_watch_survives_a_bad_server_and_recovers(sandbox: Path, start_daemon, k
     keys = sandbox / "home/alice/.ssh/authorized_keys"
     with Simulator(scenario({"alice": [ED25519]})) as sim:
         daemon = start_daemon(sim.url("gce"))
-        wait_until(lambda: read(keys) is not None, timeout=20)
+        # The watch starts once the pass after READY (the RSA host key, seconds under load)
+        # is over; a fault added before its poll is held could meet only the key's PUTs.
+        wait_until(lambda: read(keys) is not None and sim.held_polls() == 1, timeout=60)
         params = {"status": 500} if kind == "status" else {}
         sim.add_fault("*", kind=kind, **params)
         # The poll already held was accepted before the fault: an unrelated change releases it,
-        # and every request after that meets the fault.
+        # and every request after that meets the fault (a truncated answer only once the
+        # server has one to give: that poll is held until the keys change).
         sim.set("instance/attributes/unrelated", "1")
-        wait_until(lambda: sim.faults()[0]["hits"] >= 2, timeout=10)
+        wait_until(lambda: sim.faults()[0]["hits"] >= 1, timeout=10)
         sim.set("instance/attributes/ssh-keys", ssh_keys_value({"alice": [RSA]}))
+        wait_until(lambda: sim.faults()[0]["hits"] >= 2, timeout=10)
         time.sleep(1.0)
         assert read(keys) == f"{MARK}\n{ED25519}\n"  # nothing parsed from a bad answer
         sim.clear_faults()

@@ -71,8 +71,13 @@ def test_the_daemon_survives_deep_nesting_and_provisions_once_metadata_is_good(
         wait_until(lambda: len(sim.requests(method="GET")) >= 3, timeout=30)
         sim.remove_fault(fault)
         wait_until(lambda: ED25519 in (keys_of(sandbox, "alice") or ""), timeout=30)
-        # And the watch that follows survives it too: a nested answer, then a real change.
-        sim.add_fault("*", "body", body='{"instance": ' + DEEP + "}", count=2)
+        # And the watch that follows survives it too: nested answers, then a real change.
+        # Once its poll is held (after the pass that makes the RSA host key), an unrelated
+        # change releases it and the watch's next two requests meet the fault.
+        wait_until(lambda: sim.held_polls() == 1, timeout=60)
+        sim.add_fault("*", "body", body='{"instance": ' + DEEP + "}", count=2, method="GET")
+        sim.set("instance/attributes/unrelated", "1")
+        wait_until(lambda: sim.faults() == [] or sim.faults()[0]["hits"] >= 2, timeout=30)
         sim.set("instance/attributes/ssh-keys", ssh_keys_value({"alice": [ED25519], "bob": [ED25519_BOB]}))
         wait_until(lambda: ED25519_BOB in (keys_of(sandbox, "bob") or ""), timeout=60)
     assert daemon.proc.poll() is None

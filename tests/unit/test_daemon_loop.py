@@ -335,3 +335,36 @@ def test_a_held_subsystem_past_its_wake_time_does_not_spin_the_loop(harness: Har
     assert passes <= 5, f"{passes} passes in 0.5 s with nothing changing"
     assert harness.keys("alice") == f"{MARK}\n{ED25519}\n"
     harness.stop_and_join()
+
+
+@attrs.define
+class SlowAfterReady(Probe):
+    """Like a first-boot script or an RSA key under TCG: runs after READY and takes long
+    (until the test releases it)."""
+
+    name: str = "slow"
+    after_ready: bool = True
+    release: threading.Event = attrs.field(factory=threading.Event)
+
+    def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
+        outcome = super().reconcile(ctx, metadata)
+        assert self.release.wait(timeout=60), "never released"
+        return outcome
+
+
+def test_what_runs_after_ready_does_not_hold_up_a_key_added_meanwhile(harness: Harness) -> None:
+    slow, probe = SlowAfterReady(), Probe()
+    harness.source.publish(md("h1", alice=[ED25519]))
+    harness.start([AccountsSubsystem(), probe, slow], lanes=(("accounts", "probe"), ("slow",)))
+    wait_until(lambda: slow.last() == "h1")  # the pass after READY is under way, and stays so
+    assert harness.source.wait_watching()
+
+    harness.source.publish(md("h2", alice=[ED25519], bob=[ED25519_BOB]))
+    wait_until(lambda: probe.last() == "h2")
+    assert harness.keys("bob") == f"{MARK}\n{ED25519_BOB}\n"
+    assert slow.seen == ["h1"]  # not started a second time beside itself
+
+    slow.release.set()
+    wait_until(lambda: slow.last() == "h2")  # what it held back, with the newest snapshot
+    assert slow.seen == ["h1", "h2"]
+    harness.stop_and_join()

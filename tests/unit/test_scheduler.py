@@ -140,3 +140,46 @@ def test_after_ready_subsystems_wait_for_the_pass_after_ready() -> None:
     assert [o.subsystem for o in first] == ["accounts"] and scripts.runs == 0
     second = scheduler.run_due(ctx(clock), md(k="1"))
     assert [o.subsystem for o in second] == ["firstboot"] and (users.runs, scripts.runs) == (1, 1)
+
+
+def test_a_lane_belongs_to_one_pass_at_a_time_and_its_times_wait_for_it() -> None:
+    """The daemon runs what waits for READY beside its loop: a pass started meanwhile leaves
+    out the lane still running (a second ssh-keygen on the same key would race it), runs the
+    others, and does not count the busy lane's past-due retry as a reason to wake."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    @attrs.define
+    class Slow(Probe):
+        def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
+            self.runs += 1
+            entered.set()
+            assert release.wait(timeout=30), "never released"
+            return Outcome(self.name)
+
+    clock = FixedClock(T0)
+    slow, flaky, users = Slow("host_keys", "k"), Probe("setup", "k", fail=True), Probe("accounts", "u")
+    scheduler = Scheduler([flaky, slow, users], lanes=[("setup", "host_keys"), ("accounts",)])
+    release.set()
+    scheduler.run_due(ctx(clock), md(k="1", u="1"))  # setup fails; the lane goes on and ends
+    release.clear()
+    entered.clear()
+    slow.runs, flaky.runs, users.runs = 0, 0, 0
+    clock.at = T0 + timedelta(seconds=5)  # setup's retry (2 s) is past due
+    background = threading.Thread(target=lambda: scheduler.run_due(ctx(clock), md(k="2", u="1")))
+    background.start()
+    try:
+        assert entered.wait(timeout=30)
+        outcomes = scheduler.run_due(ctx(clock), md(k="3", u="2"))
+        assert [o.subsystem for o in outcomes] == ["accounts"]
+        assert scheduler.next_wake() is None  # setup's past-due retry is in the busy lane
+    finally:
+        release.set()
+        background.join(30)
+    assert (flaky.runs, slow.runs, users.runs) == (1, 1, 1)
+    assert scheduler.next_wake() is not None  # the lane is free: its retry counts again
+    release.set()
+    clock.at = T0 + timedelta(minutes=1)
+    outcomes = scheduler.run_due(ctx(clock), md(k="3", u="2"))  # what the lane held back
+    assert [o.subsystem for o in outcomes] == ["setup", "host_keys"] and slow.runs == 2

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 
-from guestsim.vm.machine import Vm
+from guestsim.vm.machine import Vm, wait_until
+
+PENDING_HOST_KEYS = "/var/lib/guestagent/pending-host-keys"
 
 
 def unit_times(vm: Vm, unit: str) -> dict[str, float]:
@@ -56,3 +58,12 @@ def account(vm: Vm, user: str) -> str | None:
     """The passwd line of `user` in the guest, or None."""
     result = vm.ssh(f"getent passwd {user}", check=False)
     return result.stdout.strip() if result.returncode == 0 else None
+
+
+def host_keys_settled(vm: Vm, timeout: float = 300) -> None:
+    """Wait until the host keys made after READY (RSA) are made: before that, the set sshd
+    offers still grows. Fails with the agent's last words when they never are."""
+    done = wait_until(lambda: vm.ssh(f"test ! -e {PENDING_HOST_KEYS}", check=False).returncode == 0, timeout, 2)
+    assert done, vm.ssh(
+        f"cat {PENDING_HOST_KEYS}; journalctl -u guestagent --no-pager | tail -20", check=False
+    ).stdout

@@ -56,7 +56,7 @@ from guestsim.vm.machine import Vm, wait_until
 from guestsim.vm.qemu import AZURE_NET, SMBIOS, WIRESERVER_ADDRESS, Disk, QemuSpec, Runner, VmFiles
 
 from .conftest import UserKey, record_timing
-from .guest import agent_journal, boot_report, dmi
+from .guest import agent_journal, boot_report, dmi, host_keys_settled
 
 ADMIN = "azureuser"
 PASSWORD = "Az-VmTest-Passw0rd!"  # the test VM's own admin password
@@ -384,6 +384,7 @@ def test_deprovision_and_boot_the_disk_as_a_new_vm(
 
 
 def test_new_vm_has_new_host_keys(vm: Vm):
+    host_keys_settled(vm)  # the set the reboot test compares with is the whole set
     now = ssh.fingerprints(vm.ssh_port)
     assert now.keys() >= {"ssh-ed25519"}
     for key_type, fingerprint in now.items():

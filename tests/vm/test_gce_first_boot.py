@@ -22,7 +22,7 @@ from guestsim.vm.machine import Vm, wait_until
 from guestsim.vm.qemu import SMBIOS, Runner
 
 from .conftest import UserKey, record_timing
-from .guest import agent_journal, boot_report
+from .guest import agent_journal, boot_report, host_keys_settled
 
 STARTUP_MARK = "vm-test-startup-script-ran"
 SHUTDOWN_MARK = "vm-test-shutdown-script-ran"
@@ -120,9 +120,7 @@ def test_host_keys_in_guest_attributes_are_the_ones_ssh_sees(vm: Vm, sim: Simula
 
 def test_rsa_host_key_follows_ready_and_sshd_serves_it(vm: Vm, sim: Simulator):
     # Made after READY (sshd started on ed25519/ecdsa): published and offered once done.
-    pending = "/var/lib/guestagent/pending-host-keys"
-    done = wait_until(lambda: vm.ssh(f"test ! -e {pending}", check=False).returncode == 0, 300, 2)
-    assert done, vm.ssh(f"cat {pending}; journalctl -u guestagent --no-pager | tail -20", check=False).stdout
+    host_keys_settled(vm)
     published = wait_until(lambda: "hostkeys/ssh-rsa" in sim.guest_attributes(), 60, 1)
     assert published, sorted(sim.guest_attributes())
     offered = ssh.keyscan(vm.ssh_port, types=("rsa",))
