@@ -34,7 +34,7 @@ from guestsim.vm.machine import Vm, wait_until
 from guestsim.vm.qemu import SMBIOS, QemuSpec, Runner, SlirpNet, VmFiles
 
 from .conftest import UserKey, record_timing
-from .guest import agent_journal, boot_report, dmi
+from .guest import agent_journal, boot_report, dmi, host_keys_settled
 
 HOSTNAME = "vm-smartos"
 ADDRESS = "10.128.0.2"
@@ -180,7 +180,8 @@ def test_host_keys_were_put_back(vm: Vm, sim: Simulator):
         put: dict[str, str] = sim.state("smartos").get("put", {})
         return {k[len(HOSTKEY_PREFIX):]: v for k, v in put.items() if k.startswith(HOSTKEY_PREFIX)}
 
-    assert wait_until(lambda: "ssh-ed25519" in published(), 60), sim.state("smartos")
+    host_keys_settled(vm)  # the RSA key is made after READY: until then the set grows
+    assert wait_until(lambda: "ssh-rsa" in published(), 60), sim.state("smartos")
     keys = published()
     # What sshd offers ({type: base64}) is what was published, type by type.
     offered = ssh.keyscan(vm.ssh_port)
