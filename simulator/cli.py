@@ -47,6 +47,7 @@ async def _serve(args: argparse.Namespace) -> int:
     platforms = args.platform or ["gce"]
     server = MetadataServer(scenario, platforms)
     port = await server.start(args.host, args.port)
+    await server.open_channels()
     control = ControlServer(server)
     cport = await control.start(args.host, args.control_port)
     base = host_url(args.host, port)
@@ -54,7 +55,7 @@ async def _serve(args: argparse.Namespace) -> int:
     for inst in server.instances:
         ibase = host_url(args.host, inst.port) if inst.port else base
         for name, plat in inst.platforms.items():
-            print(f"{inst.name} {name}: {ibase}{plat.base_path}", flush=True)
+            print(f"{inst.name} {name}: {plat.address(ibase)}", flush=True)
     print(f"control: {control_url}", flush=True)
     sfile = Path(args.state_file) if args.state_file else state_file()
     sfile.write_text(json.dumps({"control": control_url, "pid": os.getpid(), "port": port}))
@@ -65,6 +66,7 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await control.stop()
+    await server.close_channels()
     await server.stop()
     with contextlib.suppress(OSError):
         if json.loads(sfile.read_text()).get("pid") == os.getpid():

@@ -86,6 +86,23 @@ class MetadataServer:
             await srv.close()
         self.servers.clear()
 
+    # Platforms that reach the guest by another channel than HTTP (SmartOS: a unix socket
+    # per VM, joined to its serial port) open it on the server's loop; stop() leaves them
+    # open (a metadata server "down" is its HTTP side), close_channels() ends them.
+    async def open_channels(self) -> None:
+        for inst in self.instances:
+            for plat in inst.platforms.values():
+                opener = getattr(plat, "open_channel", None)
+                if opener is not None:
+                    await opener(self)
+
+    async def close_channels(self) -> None:
+        for inst in self.instances:
+            for plat in inst.platforms.values():
+                closer = getattr(plat, "close_channel", None)
+                if closer is not None:
+                    await closer()
+
     @property
     def listening(self) -> bool:
         return bool(self.servers)

@@ -96,13 +96,7 @@ class Simulator:
 
     async def _start(self) -> None:
         self.port = await self.server.start(self.host, self._want_port)
-        # Platforms that reach the guest by another channel than HTTP (SmartOS: a unix
-        # socket per VM, joined to its serial port) open it on this loop.
-        for inst in self.server.instances:
-            for plat in inst.platforms.values():
-                opener = getattr(plat, "open_channel", None)
-                if opener is not None:
-                    await opener(self.server)
+        await self.server.open_channels()
         if self._want_control is not None:
             from .control import ControlServer
 
@@ -112,11 +106,7 @@ class Simulator:
     async def _shutdown(self) -> None:
         if self._control is not None:
             await self._control.stop()
-        for inst in self.server.instances:
-            for plat in inst.platforms.values():
-                closer = getattr(plat, "close_channel", None)
-                if closer is not None:
-                    await closer()
+        await self.server.close_channels()
         await self.server.stop()
 
     def stop(self) -> None:

@@ -40,6 +40,10 @@ class Platform(abc.ABC):
     def handle(self, req: Request) -> HandlerResult:
         """Answer one request whose path starts with one of `prefixes`."""
 
+    def address(self, http_base: str) -> str:
+        """Where a client of this platform starts, given the server's `http://host:port`."""
+        return http_base + self.base_path
+
     def claims(self, req: Request) -> bool:
         return any(req.path == p or req.path.startswith(p + "/") for p in self.prefixes)
 

@@ -212,6 +212,9 @@ class SmartOsPlatform(Platform):
     def handle(self, req: Request) -> HandlerResult:
         return self.not_found()
 
+    def address(self, http_base: str) -> str:
+        return f"unix:{self.socket_path}"  # what the agent's --metadata-url takes
+
     @property
     def socket_path(self) -> str:
         if self._dir is None:

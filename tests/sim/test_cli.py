@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,8 +31,15 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
+    with serving(tmp_path, "gce") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, *platforms: str) -> Iterator[Served]:
+    flags = [arg for name in platforms for arg in ("--platform", name)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "guestsim.cli", "serve", "--platform", "gce",
+        [sys.executable, "-m", "guestsim.cli", "serve", *flags,
          "--scenario", str(DEMO), "--state-file", str(tmp_path / "state.json")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     urls: dict[str, str] = {}
@@ -52,6 +61,20 @@ def test_serve_prints_urls_and_serves(served: Served) -> None:
     assert served.urls["gce"].endswith("/computeMetadata/v1/")
     r = requests.get(served.urls["gce"] + "instance/name", headers=FLAVOR, timeout=5)
     assert r.text == "demo-vm"
+
+
+def test_serve_opens_and_prints_the_smartos_socket_and_removes_it_at_exit(tmp_path: Path) -> None:
+    with serving(tmp_path, "gce", "smartos") as server:
+        address = server.urls["smartos"]
+        assert address.startswith("unix:"), address
+        path = Path(address.removeprefix("unix:"))
+        with socket.socket(socket.AF_UNIX) as channel:
+            channel.settimeout(10)
+            channel.connect(str(path))
+            channel.sendall(b"NEGOTIATE V2\n")
+            assert channel.recv(64) == b"V2_OK\n"
+        assert server.urls["gce"].endswith("/computeMetadata/v1/")
+    assert not path.exists() and not path.parent.exists()
 
 
 def test_get_set_delete(served: Served) -> None:
