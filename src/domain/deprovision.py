@@ -109,6 +109,7 @@ _STATE_REASONS = (
     (re.compile(r"firstboot"), "first-boot script stamps: they run again on the new instance"),
     (re.compile(r"clock_drift_token"), "clock drift token"),
     (re.compile(r"pending-host-keys"), "host key types still to make for this instance"),
+    (re.compile(r"hostname-applied"), "the name given to this VM: the next one is named afresh"),
 )
 # Google's group, and the one every other platform's layout uses.
 SUDO_GROUPS = tuple(sorted({accounts.GCE_LAYOUT.sudo_group, accounts.layout_for("ec2").sudo_group}))

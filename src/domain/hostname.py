@@ -8,6 +8,12 @@ agent's /etc/hosts line so `hostname -f` resolves it.
 /etc/hosts belongs to the user: the agent owns only the lines ending in its
 marker. Every other line (comments, blank lines, odd spacing, CRLF) is kept
 byte for byte; the agent's line stays where it was, or goes at the end.
+
+On Azure the machine is named once per VM, when it is provisioned (as waagent
+and azure-init do), and a name its user gives it afterwards stays, also across
+reboots: the (VM id, name) applied is recorded, and the metadata's name is
+applied again only when either changes. Elsewhere the metadata's name is kept
+in force, as Google's agent and cloud-init keep it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from guestagent.domain.metadata import InstanceMetadata
 
 HOSTNAME_PATH = "/etc/hostname"
 HOSTS_PATH = "/etc/hosts"
+APPLIED_PATH = "/var/lib/guestagent/hostname-applied"
+NAMED_ONCE = frozenset({"azure"})
 HOSTS_MARKER = "# Added by guestagent"
 # Debian's address for "this host" when it has no fixed IP of its own.
 FALLBACK_ADDRESS = "127.0.1.1"
@@ -102,7 +110,24 @@ class SetLiveHostname:
         return f"set hostname {self.name}"
 
 
-Action = WriteHostnameFile | WriteHosts | SetLiveHostname
+@attrs.frozen
+class RecordApplied:
+    path: str
+    text: str
+
+    def describe(self) -> str:
+        return f"record the name given to this VM in {self.path}: a name given by hand later stays"
+
+
+Action = WriteHostnameFile | WriteHosts | SetLiveHostname | RecordApplied
+
+
+def applied_record(metadata: InstanceMetadata, want: HostnameDesired) -> str | None:
+    """What APPLIED_PATH holds once `want` was given to this VM; None where the metadata's
+    name is kept in force (every platform but those in NAMED_ONCE, or no instance id)."""
+    if metadata.platform not in NAMED_ONCE or not metadata.instance_id:
+        return None
+    return f"{metadata.instance_id} {want.name}\n"
 
 
 @attrs.frozen

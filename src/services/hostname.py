@@ -4,6 +4,8 @@ private UTS namespace."""
 
 from __future__ import annotations
 
+import posixpath
+
 from guestagent.domain import hostname as domain
 from guestagent.domain.metadata import InstanceMetadata
 from guestagent.ports.filesystem import UnsafePath
@@ -56,13 +58,19 @@ class HostnameSubsystem:
         want, notes = domain.desired(metadata, ctx.config.InstanceSetup)
         if want is None:
             return domain.HostnamePlan((), notes)
+        record = domain.applied_record(metadata, want)
+        if record is not None and ctx.fs.read_text(domain.APPLIED_PATH) == record:
+            return domain.HostnamePlan((), notes)  # named already: what it is called now is its user's
         have = domain.HostnameCurrent(
             hostname_file=ctx.fs.read_text(domain.HOSTNAME_PATH),
             hosts_file=ctx.fs.read_text(domain.HOSTS_PATH),
             live=read_live(ctx) if manages_live_hostname(ctx) else None,
         )
         planned = domain.plan(want, have)
-        return domain.HostnamePlan(planned.actions, notes + planned.notes)
+        actions = planned.actions
+        if record is not None:
+            actions += (domain.RecordApplied(domain.APPLIED_PATH, record),)
+        return domain.HostnamePlan(actions, notes + planned.notes)
 
     def reconcile(self, ctx: Context, metadata: InstanceMetadata) -> Outcome:
         planned = self.plan(ctx, metadata)
@@ -76,6 +84,11 @@ class HostnameSubsystem:
             try:
                 if isinstance(action, domain.SetLiveHostname):
                     error = set_live(ctx, action.name)
+                elif isinstance(action, domain.RecordApplied):
+                    if journal.failures:
+                        continue  # not named yet: the next pass tries again
+                    ctx.fs.makedirs(posixpath.dirname(action.path), 0o755)
+                    ctx.fs.write_atomic(action.path, action.text, mode=0o644)
                 else:
                     ctx.fs.write_atomic(action.path, action.text, mode=0o644)
             except (OSError, UnsafePath) as exc:

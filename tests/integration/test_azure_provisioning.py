@@ -220,6 +220,8 @@ def test_a_hostname_changed_by_hand_is_published_again(
         result = run(sim.url("azure"))
         assert result.returncode == 0, result.stderr
     assert "publish hostname renamed-by-hand" in result.stdout
+    # Named once, when provisioned: the name given by hand is not taken back (as waagent).
+    assert read(azure_vm / "etc/hostname") == "renamed-by-hand\n"
     assert (
         read(azure_vm / "etc/dhcp/dhclient.conf")
         == 'send host-name "renamed-by-hand";\nrequest subnet-mask;\n'

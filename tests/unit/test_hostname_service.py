@@ -136,3 +136,61 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     assert "set hostname vm-1" in out.actions
     assert (root / "etc/hostname").read_text() == "debian\n"
     assert runner.live == "debian"
+
+
+def azure_md(vm_id: str = "vm-1", hostname: str = "az-vm") -> InstanceMetadata:
+    return InstanceMetadata("azure", vm_id, hostname=hostname)
+
+
+def test_on_azure_the_vm_is_named_once_and_a_name_given_by_hand_stays(tmp_path: Path) -> None:
+    runner = HostnameRunner()
+    ctx, root = setup(tmp_path, runner)
+    assert HostnameSubsystem().reconcile(ctx, azure_md()).ok
+    assert (root / "etc/hostname").read_text() == "az-vm\n" and runner.live == "az-vm"
+    assert (root / "var/lib/guestagent/hostname-applied").read_text() == "vm-1 az-vm\n"
+
+    (root / "etc/hostname").write_text("renamed-by-hand\n")
+    runner.live = "renamed-by-hand"
+    hosts = (root / "etc/hosts").read_text()
+    out = HostnameSubsystem().reconcile(ctx, azure_md())  # a fresh agent, as after a reboot
+    assert out.actions == () and out.ok
+    assert (root / "etc/hostname").read_text() == "renamed-by-hand\n" and runner.live == "renamed-by-hand"
+    assert (root / "etc/hosts").read_text() == hosts
+
+    # A new VM from this disk (another VM id), or a new name in the metadata: named again.
+    HostnameSubsystem().reconcile(ctx, azure_md(vm_id="vm-2"))
+    assert (root / "etc/hostname").read_text() == "az-vm\n" and runner.live == "az-vm"
+    assert (root / "var/lib/guestagent/hostname-applied").read_text() == "vm-2 az-vm\n"
+    (root / "etc/hostname").write_text("renamed-by-hand\n")
+    HostnameSubsystem().reconcile(ctx, azure_md(vm_id="vm-2", hostname="az-web"))
+    assert (root / "etc/hostname").read_text() == "az-web\n"
+
+
+def test_elsewhere_the_metadata_name_is_kept_in_force(tmp_path: Path) -> None:
+    runner = HostnameRunner()
+    ctx, root = setup(tmp_path, runner)
+    HostnameSubsystem().reconcile(ctx, md())
+    (root / "etc/hostname").write_text("renamed-by-hand\n")
+    runner.live = "renamed-by-hand"
+    HostnameSubsystem().reconcile(ctx, md())
+    assert (root / "etc/hostname").read_text() == "vm-1\n" and runner.live == "vm-1"
+    assert not (root / "var/lib/guestagent").exists()
+
+
+def test_on_azure_a_naming_that_failed_is_not_recorded_and_is_tried_again(tmp_path: Path) -> None:
+    runner = HostnameRunner()
+    ctx, root = setup(tmp_path, runner)
+    plays = runner.respond
+
+    def refusing(args: tuple[str, ...]) -> CommandResult | None:
+        if args[0] == "hostname" and len(args) == 2:
+            return CommandResult(args, 1, "", "hostname: you must be root to change the host name")
+        return plays(args)
+
+    runner.respond = refusing
+    assert not HostnameSubsystem().reconcile(ctx, azure_md()).ok
+    assert not (root / "var/lib/guestagent/hostname-applied").exists()
+    runner.respond = plays
+    assert HostnameSubsystem().reconcile(ctx, azure_md()).ok
+    assert runner.live == "az-vm"
+    assert (root / "var/lib/guestagent/hostname-applied").read_text() == "vm-1 az-vm\n"
