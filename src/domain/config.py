@@ -117,6 +117,7 @@ class Azure:
         True, "true publishes a hostname changed by hand to Azure's DNS (DHCP send host-name)"
     )
     monitor_hostname_period: float = _opt(30.0, "seconds between hostname checks")
+    poll_interval: float = _opt(60.0, "seconds between IMDS polls (Azure's IMDS has no long poll)")
     password_crypt_id: str = _opt("6", "the admin password's hash: 6 (SHA-512) or 5 (SHA-256)")
     password_crypt_salt_length: int = _opt(10, "length of the password hash's random salt (1 to 16)")
     ssh_dir: str = _opt("/etc/ssh", "the directory holding sshd_config")
@@ -363,6 +364,7 @@ EXAMPLES = {
     "Azure.decode_custom_data": "decode_custom_data = true",
     "Azure.monitor_hostname": "monitor_hostname = false",
     "Azure.monitor_hostname_period": "monitor_hostname_period = 60",
+    "Azure.poll_interval": "poll_interval = 15",
     "Azure.password_crypt_id": "password_crypt_id = 5",
     "Azure.password_crypt_salt_length": "password_crypt_salt_length = 16",
     "Azure.ssh_dir": "ssh_dir = /usr/local/etc/ssh",

@@ -220,7 +220,7 @@ PLATFORMS: tuple[PlatformCase, ...] = (
         tweak=_one_admin,
         owner=AZURE_ADMIN,
         max_snapshot=16 * 1024 * 1024,
-        config=QUIET,
+        config=QUIET + "[Azure]\npoll_interval = 0.5\n",
     ),
 )
 # Not in the table: SmartOS (its channel is a unix socket whose path the simulator picks

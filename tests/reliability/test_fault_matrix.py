@@ -268,9 +268,8 @@ DAEMON_FAULTS: dict[str, tuple[str, ...]] = {
     "nocloud": ("down-mid-run", "status-503", "garbage-json", "reset", "truncate", "html-200"),
     "openstack": ("down-mid-run", "status-503", "garbage-json", "reset", "truncate", "html-200"),
     "digitalocean": ("down-mid-run", "status-503", "garbage-json", "truncate", "status-429", "flap"),
-    # IMDS is polled every 60 s (not configurable): a phase could not converge within
-    # CONVERGE_WITHIN of its fault ending. The daemon is held to down at start only.
-    "azure": (),
+    # IMDS and the WireServer share the simulator's port: every fault spoils both.
+    "azure": ("down-mid-run", "status-503", "garbage-json", "reset", "truncate", "html-200"),
 }
 # A platform added to the table without a set of its own gets this one.
 DAEMON_DEFAULT = ("down-mid-run", "status-503", "garbage-json", "reset", "truncate", "html-200")

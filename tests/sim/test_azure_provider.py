@@ -430,3 +430,13 @@ def test_guest_attributes_are_accepted_and_dropped(tmp_path: Path, opened: list)
     src = source(tmp_path, NOWHERE)
     opened.append(src)
     src.put_guest_attribute("hostkeys/ssh-ed25519", "AAAA")  # no network, no error
+
+
+def test_the_poll_interval_is_the_configs(tmp_path: Path, sim: Simulator, opened: list) -> None:
+    config = Config(Azure=Azure(poll_interval=0.2))
+    src = PROVIDER.open(ProviderOptions(url=sim.url("azure"), root=str(tmp_path), config=config))
+    opened.append(src)
+    assert isinstance(src, AzureMetadata) and src.poll_interval == 0.2
+    default = PROVIDER.open(ProviderOptions(url=sim.url("azure"), root=str(tmp_path)))
+    opened.append(default)
+    assert isinstance(default, AzureMetadata) and default.poll_interval == 60.0

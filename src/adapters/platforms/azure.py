@@ -38,8 +38,8 @@ until the WireServer takes it.
 every platform that declares one) accepts and drops GCE-style attributes
 (host keys, `sshable`): Azure has no such key/value channel.
 
-Following: IMDS has no long poll; it is read again every POLL_INTERVAL
-seconds and a snapshot is yielded when what was read changed.
+Following: IMDS has no long poll; it is read again every `[Azure] poll_interval`
+seconds (60) and a snapshot is yielded when what was read changed.
 """
 
 from __future__ import annotations
@@ -517,8 +517,13 @@ def _bounded(response: requests.Response, limit: int, what: str) -> bytes:
 
 
 def _open(options: ProviderOptions) -> AzureMetadata:
+    settings = options.config.Azure
     return AzureMetadata(
-        root=options.root, url=options.url, settings=options.config.Azure, backoff_max=options.backoff_max
+        root=options.root,
+        url=options.url,
+        settings=settings,
+        backoff_max=options.backoff_max,
+        poll_interval=settings.poll_interval,
     )
 
 
