@@ -24,9 +24,8 @@ The daemon: a reduced set per platform, one daemon going through the faults one 
 the other: down at start (the daemon starts first, the simulator later on the same port),
 then down mid-run (suspend/resume), 503 and a garbage body everywhere, the rest spread
 over the platforms (GCE flavor, reset and flap; EC2 truncate, html and 429; NoCloud and
-OpenStack reset, truncate and html; DigitalOcean truncate, 429 and flap). Azure's daemon
-goes through down at start only: it polls IMDS every 60 s, too slow for a phase to
-converge in the bound. Latency and black holes are left out of the daemon set: a held
+OpenStack reset, truncate and html; DigitalOcean truncate, 429 and flap; Azure, polling
+IMDS every 0.5 s here, reset, truncate and html). Latency and black holes are left out of the daemon set: a held
 long poll is only timed out after 70 s; the run-once matrix covers both on every platform.
 """
 
