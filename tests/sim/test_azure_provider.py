@@ -381,7 +381,7 @@ def test_addresses_from_urls_and_settings() -> None:
 
 
 def test_watch_yields_when_imds_changes(tmp_path: Path, sim: Simulator, opened: list) -> None:
-    src = source(tmp_path, sim.url("azure"), poll_interval=0.2)
+    src = source(tmp_path, sim.url("azure"), azure=Azure(poll_interval=0.2))
     opened.append(src)
     first = src.get()
     seen: list[Snapshot] = []
@@ -436,7 +436,7 @@ def test_the_poll_interval_is_the_configs(tmp_path: Path, sim: Simulator, opened
     config = Config(Azure=Azure(poll_interval=0.2))
     src = PROVIDER.open(ProviderOptions(url=sim.url("azure"), root=str(tmp_path), config=config))
     opened.append(src)
-    assert isinstance(src, AzureMetadata) and src.poll_interval == 0.2
+    assert isinstance(src, AzureMetadata) and src.settings.poll_interval == 0.2
     default = PROVIDER.open(ProviderOptions(url=sim.url("azure"), root=str(tmp_path)))
     opened.append(default)
-    assert isinstance(default, AzureMetadata) and default.poll_interval == 60.0
+    assert isinstance(default, AzureMetadata) and default.settings.poll_interval == 60.0

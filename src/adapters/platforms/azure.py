@@ -102,7 +102,6 @@ IMDS_MAX = 16 * 1024 * 1024
 IMDS_RETRY_TOTAL = 20.0
 IMDS_RETRY_STATUSES = frozenset({404, 410, 429})
 REPORT_RETRY_TOTAL = 30.0
-POLL_INTERVAL = 60.0
 LABEL_PREFIX = "rd_rdfe_stable"
 MAX_CANDIDATES = 64
 LEASE_MAX = 256 * 1024
@@ -282,7 +281,6 @@ class AzureMetadata:
         timeout: tuple[float, float] = REQUEST_TIMEOUT,
         imds_retry_total: float = IMDS_RETRY_TOTAL,
         report_retry_total: float = REPORT_RETRY_TOTAL,
-        poll_interval: float = POLL_INTERVAL,
         parse: Callable[[object], InstanceMetadata] = parse_azure,
     ) -> None:
         self.root = root
@@ -293,7 +291,6 @@ class AzureMetadata:
         self.timeout = timeout
         self.imds_retry_total = imds_retry_total
         self.report_retry_total = report_retry_total
-        self.poll_interval = poll_interval
         self._parse = parse
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -391,7 +388,7 @@ class AzureMetadata:
             last_etag,
             self._stop,
             backoff_max=self.backoff_max,
-            pause=max(0.01, float(self.poll_interval)),
+            pause=max(0.01, float(self.settings.poll_interval)),
         )
 
     def close(self) -> None:
@@ -517,13 +514,8 @@ def _bounded(response: requests.Response, limit: int, what: str) -> bytes:
 
 
 def _open(options: ProviderOptions) -> AzureMetadata:
-    settings = options.config.Azure
     return AzureMetadata(
-        root=options.root,
-        url=options.url,
-        settings=settings,
-        backoff_max=options.backoff_max,
-        poll_interval=settings.poll_interval,
+        root=options.root, url=options.url, settings=options.config.Azure, backoff_max=options.backoff_max
     )
 
 
