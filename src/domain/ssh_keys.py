@@ -109,6 +109,22 @@ def parse_default_user_keys(lines: Iterable[str], where: str) -> tuple[list[SshK
     return keys, rejections
 
 
+def parse_key_text(user: str | None, text: str, where: str) -> tuple[list[SshKey], list[Rejection]]:
+    """One key entry whose text may hold several lines: each is a key line (what sshd would
+    read, had the text been written out as given), checked and refused on its own. A
+    refusal is named `where`, or `where line N` when the text holds more than one key line."""
+    numbered = [(number, line.strip()) for number, line in enumerate(text.split("\n"), start=1)]
+    lines = [(number, line) for number, line in numbered if line and not line.startswith("#")]
+    keys: list[SshKey] = []
+    rejections: list[Rejection] = []
+    for number, line in lines:
+        try:
+            keys.append(key_for_user(user, line))
+        except Invalid as exc:
+            rejections.append(Rejection(where if len(lines) == 1 else f"{where} line {number}", str(exc)))
+    return keys, rejections
+
+
 def dedupe(keys: Iterable[SshKey]) -> tuple[SshKey, ...]:
     """Drop repeated (user, line) pairs, keeping the first; order is preserved."""
     seen: set[tuple[str | None, str]] = set()

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from guestagent.domain import ssh_keys
-from guestagent.domain.ssh_keys import MEMO_ENTRIES, MEMO_LINE_MAX, key_for_user, parse_user_key_lines
+from guestagent.domain.ssh_keys import (
+    MEMO_ENTRIES,
+    MEMO_LINE_MAX,
+    key_for_user,
+    parse_key_text,
+    parse_user_key_lines,
+)
 from guestagent.domain.validation import Invalid
 from tests.keys import ED25519, RSA
 
@@ -48,3 +54,14 @@ def test_the_memory_is_bounded_however_many_lines_metadata_brings() -> None:
     for i in range(MEMO_ENTRIES + 50):
         key_for_user(f"user{i}", ED25519)
     assert ssh_keys._remembered.cache_info().currsize <= MEMO_ENTRIES
+
+
+def test_a_key_text_of_several_lines_is_checked_line_by_line() -> None:
+    bad = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIcut"
+    keys, refused = parse_key_text("alice", f"# a comment\n{ED25519}\r\n\n{bad}\n", "entry 2")
+    assert [(k.user, k.line) for k in keys] == [("alice", ED25519)]
+    assert [r.where for r in refused] == ["entry 2 line 4"]
+    # One key line, blank lines around it: named as the one entry it is.
+    keys, refused = parse_key_text(None, f"\n{bad}\n", "entry 3")
+    assert keys == [] and [r.where for r in refused] == ["entry 3"]
+    assert "AAAA" not in refused[0].reason

@@ -72,7 +72,7 @@ import attrs
 from guestagent.domain import safexml
 from guestagent.domain.jsondoc import JsonRefused, loads
 from guestagent.domain.metadata import InstanceMetadata, NetworkInterface, Rejection, SshKey
-from guestagent.domain.ssh_keys import dedupe, key_for_user
+from guestagent.domain.ssh_keys import dedupe, parse_key_text
 from guestagent.domain.validation import Invalid, check_username
 from guestagent.domain.values import canonical_ip, canonical_mac, parse_bool
 
@@ -368,16 +368,10 @@ def _keys(
                 )
             )
             continue
-        # A value of several lines is several key lines (what sshd would read, had it been
-        # written out as given, as Azure's own agent does): each is checked on its own.
-        lines = [(n, line.strip()) for n, line in enumerate(text.split("\n"), start=1)]
-        lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
-        for line_number, line in lines:
-            try:
-                keys.append(key_for_user(user, line))
-            except Invalid as exc:
-                place = where if len(lines) == 1 else f"{where} line {line_number}"
-                rejections.append(Rejection(place, str(exc)))
+        # Azure's own agent writes a value of several lines out as given.
+        found, refused = parse_key_text(user, text, where)
+        keys += found
+        rejections += refused
     return keys
 
 

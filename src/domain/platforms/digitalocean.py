@@ -62,8 +62,7 @@ from guestagent.domain.jsondoc import json_type
 from guestagent.domain.metadata import InstanceMetadata, NetworkInterface, Rejection, SshKey
 from guestagent.domain.nics import Link
 from guestagent.domain.platforms import common
-from guestagent.domain.ssh_keys import dedupe, key_for_user, parse_default_user_keys
-from guestagent.domain.validation import Invalid
+from guestagent.domain.ssh_keys import dedupe, parse_default_user_keys, parse_key_text
 from guestagent.domain.values import canonical_ip, canonical_mac
 
 PLATFORM = "digitalocean"
@@ -169,17 +168,9 @@ def _ssh_keys(document: Mapping[str, Any], rejections: list[Rejection]) -> list[
                 ("accounts",),
             )
             continue
-        # An entry of several lines is several key lines (what sshd would read, had it been
-        # written out as given): each is checked, and refused, on its own.
-        lines = item.split("\n")
-        for line_number, line in enumerate(lines, start=1):
-            where = f"public_keys key {number}" + (f" line {line_number}" if len(lines) > 1 else "")
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            try:
-                keys.append(key_for_user(None, line.rstrip("\r")))
-            except Invalid as exc:
-                rejections.append(Rejection(where, str(exc)))
+        found, refused = parse_key_text(None, item, f"public_keys key {number}")
+        keys += found
+        rejections += refused
     return keys
 
 
